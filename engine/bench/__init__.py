@@ -1,0 +1,1 @@
+"""Benchmarks: standalone commands that warm up, repeat, synchronise and report medians as JSON."""

@@ -1,0 +1,41 @@
+"""The `spatia` command: a thin top floor over the engine.
+
+Each subcommand lives in its own module, which exposes `add_arguments(parser)` and `run(args) -> int`.
+Those modules import only argparse-level things at load; heavy imports happen inside `run`, so
+`spatia serve` never loads pyglet and `spatia explore` never loads the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). A capability adds its line here when it becomes real.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("engine.bench.cli", "run a benchmark and print its medians as JSON"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spatia", description="Spatia Explorer: a world model with spatial memory.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0])
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
