@@ -239,9 +239,15 @@ def _coerce_array(value: Any, spec: ArraySpec, dims: dict[str, int], where: str)
     _check_dims(value.shape, spec, dims, where)
     if value.nbytes > MAX_ARRAY_BYTES:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"{where}: {value.nbytes} bytes > {MAX_ARRAY_BYTES}")
-    if spec.finite and value.dtype.kind == "f" and not np.isfinite(value).all():
+    if spec.finite and value.dtype.kind == "f" and not _all_finite(value):
         raise _invalid(where, "contains NaN or inf")
     return value
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    if a.dtype.itemsize == 2:  # float16 arithmetic is slow in NumPy: test the exponent bits (all ones = inf/NaN)
+        return not ((a.view(np.uint16) & 0x7C00) == 0x7C00).any()
+    return bool(np.isfinite(a).all())
 
 
 def _check_rigid(where: str, w2c: np.ndarray) -> None:
@@ -262,7 +268,10 @@ def _check_intrinsics(where: str, intr: np.ndarray) -> None:
 
 
 def _check_nonneg(where: str, a: np.ndarray) -> None:
-    if a.size and a.min() < 0:
+    if a.dtype == np.float16:  # sign bit set on a non-zero magnitude; avoids slow float16 arithmetic
+        if (a.view(np.uint16) > 0x8000).any():
+            raise _invalid(where, "must be non-negative")
+    elif a.size and a.min() < 0:
         raise _invalid(where, "must be non-negative")
 
 

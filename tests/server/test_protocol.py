@@ -154,6 +154,19 @@ def test_construction_rejects_bad_values():
         P.OpenRelease(image=ex.image, w2c=ex.w2c, intrinsics=np.repeat(ex.intrinsics, 2, 0), prompts=["p"])
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_depth_must_be_finite_and_non_negative(dtype):
+    ex = P.Frame.example()
+    depth = ex.depth.astype(dtype)
+    depth[0, 0] = -0.0  # negative zero is zero
+    P.Frame(index=0, seq=0, rgb=ex.rgb, depth=depth, w2c=ex.w2c)
+    for bad, match in [(-0.5, "non-negative"), (np.inf, "NaN or inf"), (np.nan, "NaN or inf")]:
+        depth[1, 1] = bad
+        with pytest.raises(P.ProtocolError, match=match):
+            P.Frame(index=0, seq=0, rgb=ex.rgb, depth=depth, w2c=ex.w2c)
+        depth[1, 1] = 1.0
+
+
 def test_lists_convert_to_the_declared_dtype():
     box = P.EditRemoveBox(edit_id=1, box_min=[0, 0, 0], box_max=[1, 2, 3])
     assert box.box_max.dtype == np.float64 and box.box_max.tolist() == [1.0, 2.0, 3.0]
