@@ -11,7 +11,9 @@ import json
 import sys
 
 # benchmark name -> module. Each hot path adds its benchmark here.
-BENCHMARKS: dict[str, str] = {}
+BENCHMARKS: dict[str, str] = {
+    "reconstruct": "engine.bench.reconstruct",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
