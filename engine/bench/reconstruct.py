@@ -130,6 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth-noise", type=float, default=0.0,
                         help="relative std of log-normal noise put on the true depth fed to model-depth")
     parser.add_argument("--device", default="cpu", help="torch device for plane-sweep")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
 
 
 def abs_rel(pred: np.ndarray, true: np.ndarray, valid: np.ndarray) -> float:
@@ -148,6 +149,10 @@ def run(args: argparse.Namespace) -> dict:
     from engine.bench.timing import machine_info, median_ms
     from engine.reconstruct import ReconstructorUnavailable, get_reconstructor
 
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     views, source = load_frames(args)
     rng = np.random.default_rng(0)
     gen_depth = views["depth"] * np.exp(rng.normal(0.0, args.depth_noise, views["depth"].shape)).astype(np.float32)
