@@ -13,6 +13,7 @@ import sys
 # benchmark name -> module. Each hot path adds its benchmark here.
 BENCHMARKS: dict[str, str] = {
     "reconstruct": "engine.bench.reconstruct",
+    "model": "engine.bench.model",
 }
 
 

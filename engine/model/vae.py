@@ -20,6 +20,7 @@ API (shapes: video [B, C, F, H, W], C = cfg.video_channels, rgb in [0, 1], depth
 [B, cfg.latent_channels, f, H/s, W/s] normalised with cfg.latent_mean/std):
     vae = VideoVAE(cfg)
     dist = vae.encode(video, chunked=False)        -> LatentDist (.mode(), .sample(generator), .kl())
+    ctl = vae.encode_control(scene, mask)          -> [B, 2z, f, h, w] control latents (scene ++ coverage mask)
     video = vae.decode(z, tile=0, overlap=2)       -> full decode (tile > 0: spatial tiles of `tile` latents)
     cache = vae.new_decode_cache(tile=0)           streaming: frames = vae.decode_step(z[:, :, i:i+1], cache)
     for frames in vae.decode_stream(z): ...         one latent frame at a time (1 frame, then 4 per latent)
@@ -426,7 +427,9 @@ class VideoVAE(nn.Module):
 
         chunked=True runs the encoder on the first frame, then on groups of `temporal_compression` frames, with the
         causal state carried (Wan's schedule: bounded memory for long clips; same result as one pass)."""
-        x = self.to_model_space(video)
+        return self._encode_model_space(self.to_model_space(video), chunked)
+
+    def _encode_model_space(self, x: torch.Tensor, chunked: bool) -> LatentDist:
         self.cfg.video_to_latent_frames(x.shape[2])  # validates the frame count
         state: State = {}
         if chunked:
@@ -438,6 +441,20 @@ class VideoVAE(nn.Module):
         mean, logvar = self.to_moments(h).chunk(2, dim=1)
         shift, scale = self._latent_stats(mean)
         return LatentDist(mean, logvar.clamp(-30.0, 20.0), shift, scale)
+
+    def encode_control(self, scene: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Control latents for the DiT: scene video [B, C, F, H, W] (rendered memory, same space as `encode`) and
+        coverage mask [B, 1, F, H, W] in {0, 1} -> [B, 2z, f, h, w] = scene latents ++ mask latents (modes).
+
+        The mask becomes a video with every channel at -1 (no points) or +1 (covered); both videos go through the
+        encoder in one batch."""
+        if mask.dim() != 5 or mask.shape[1] != 1 or mask.shape[2:] != scene.shape[2:]:
+            raise ValueError(f"mask must be [B, 1, F, H, W] matching scene {tuple(scene.shape)}; got {tuple(mask.shape)}")
+        x_scene = self.to_model_space(scene)
+        x_mask = pixel_unshuffle((mask.to(scene.dtype) * 2 - 1).expand(-1, self.cfg.video_channels, -1, -1, -1),
+                                 self.cfg.vae_patch)
+        z = self._encode_model_space(torch.cat([x_scene, x_mask], dim=0), chunked=False).mode()
+        return torch.cat(z.chunk(2, dim=0), dim=1)
 
     # ---- decode
     def _decode_raw(self, z: torch.Tensor, state: State) -> torch.Tensor:

@@ -1,0 +1,153 @@
+"""Model speed: DiT step, VAE decode, one chunk end to end (all sampler steps + decode), fps, FLOP efficiency.
+
+`spatia bench model --config tiny --json` measures, on synthetic inputs shaped by the config (num_refs
+references, history and target latent frames, control latents, text when the model has it):
+  - dit_step_ms: one DiT forward (a sampler step is 1 forward, 2 with classifier-free guidance);
+  - gflops_per_step: FLOPs of one sampler step (torch.utils.flop_counter, attention included);
+  - chunk_ms: sampling all steps + decoding the clip's latents (history + target, fresh causal state);
+    fps = chunk_frames / chunk time; first_frame_ms: chunk start until the first new frame is decoded;
+  - control_encode_ms: encoding the scene video + coverage mask of one clip (the conditioning cost per chunk);
+  - peak_gflops: a large fp32 matmul in the same run; achieved_gflops: DiT FLOPs / DiT time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="tiny", help="model preset (tiny, small, spatia-5b)")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the preset's)")
+    parser.add_argument("--solver", default=None, help="euler or dpmpp_2m (default: the preset's)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed repetitions (medians are reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def count_flops(fn) -> int:
+    """FLOPs of `fn()`; CPU attention kernels are counted with the standard SDPA formula."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def run(args: argparse.Namespace) -> dict:
+    import statistics
+
+    import torch
+
+    from engine.bench.timing import machine_info, matmul_peak_gflops, median_ms, synchronize
+    from engine.model.configs import ModelConfig
+    from engine.model.dit import SpatiaDiT
+    from engine.model.sampler import sample
+    from engine.model.vae import VideoVAE
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))  # fmt: skip
+    dtype = getattr(torch, args.dtype)
+    cfg = ModelConfig.from_name(args.config)
+    steps = cfg.sample_steps if args.steps is None else args.steps
+    torch.manual_seed(0)
+    with torch.device(device):
+        dit = SpatiaDiT(cfg).to(dtype).eval()
+        vae = VideoVAE(cfg).to(dtype).eval()
+
+    g = torch.Generator().manual_seed(0)
+    c, h, w = cfg.latent_channels, cfg.latent_height, cfg.latent_width
+    fh, ft = cfg.history_latent_frames, cfg.chunk_latent_frames
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+
+    refs = rand(1, c, cfg.num_refs, h, w) if cfg.num_refs else None
+    history = rand(1, c, fh, h, w) if fh else None
+    control = rand(1, cfg.control_in_channels, fh + ft, h, w)
+    text = rand(1, cfg.text_len, cfg.text_dim) if cfg.text_dim is not None else None
+    x = rand(1, c, fh + ft, h, w)
+    t = torch.zeros(1, fh + ft, device=device)
+    t[:, fh:] = 0.5
+    passes = 1 if cfg.cfg_scale == 1.0 else 2
+
+    with torch.no_grad():
+        forward = lambda: dit(x, t, refs=refs, control=control, text=text)  # noqa: E731
+        flops_forward = count_flops(forward)
+        dit_step_ms = median_ms(forward, args.warmup, args.repeat)
+
+        z = rand(1, c, fh + ft, h, w)
+        clip_frames = cfg.latent_to_video_frames(fh + ft)
+        decode_ms = median_ms(lambda: vae.decode(z), args.warmup, args.repeat)
+
+        scene = torch.rand(1, cfg.video_channels, clip_frames, cfg.height, cfg.width, generator=g).to(device, dtype)
+        mask = (torch.rand(1, 1, clip_frames, cfg.height, cfg.width, generator=g) > 0.3).to(device, dtype)
+        control_encode_ms = median_ms(lambda: vae.encode_control(scene, mask), 1, max(1, args.repeat // 2))
+
+        def chunk() -> float:
+            """One chunk; returns ms until the first new frame is decoded."""
+            t0 = time.perf_counter()
+            target = sample(dit, cfg, history=history, refs=refs, control=control, text=text, steps=steps,
+                            solver=args.solver, generator=torch.Generator().manual_seed(1))  # fmt: skip
+            latents = target if history is None else torch.cat([history, target], dim=2)
+            cache = vae.new_decode_cache()
+            first_ms = None
+            for i in range(latents.shape[2]):
+                frames = vae.decode_step(latents[:, :, i : i + 1], cache)
+                if i >= fh and first_ms is None:
+                    synchronize()
+                    first_ms = (time.perf_counter() - t0) * 1e3
+                del frames
+            return first_ms
+
+        for _ in range(args.warmup):
+            chunk()
+        chunk_times, first_times = [], []
+        for _ in range(args.repeat):
+            synchronize()
+            t0 = time.perf_counter()
+            first_times.append(chunk())
+            synchronize()
+            chunk_times.append((time.perf_counter() - t0) * 1e3)
+
+    chunk_ms = statistics.median(chunk_times)
+    peak = matmul_peak_gflops()
+    gflops_per_step = flops_forward * passes / 1e9
+    achieved = flops_forward / 1e9 / (dit_step_ms / 1e3)
+    return {
+        "benchmark": "model",
+        "config": cfg.name,
+        "device": str(device),
+        "dtype": args.dtype,
+        "resolution": [cfg.height, cfg.width],
+        "params_dit": sum(p.numel() for p in dit.parameters()),
+        "params_vae": sum(p.numel() for p in vae.parameters()),
+        "tokens": (cfg.num_refs + fh + ft) * cfg.tokens_per_frame,
+        "steps": steps,
+        "solver": args.solver or cfg.sample_solver,
+        "forwards_per_step": passes,
+        "gflops_per_step": round(gflops_per_step, 3),
+        "dit_step_ms": round(dit_step_ms * passes, 2),
+        "vae_decode_ms_per_frame": round(decode_ms / clip_frames, 3),
+        "control_encode_ms": round(control_encode_ms, 2),
+        "chunk_frames": cfg.chunk_frames,
+        "chunk_ms": round(chunk_ms, 2),
+        "fps": round(cfg.chunk_frames / (chunk_ms / 1e3), 2),
+        "first_frame_ms": round(statistics.median(first_times), 2),
+        "peak_gflops": round(peak, 1),
+        "achieved_gflops": round(achieved, 1),
+        "peak_ratio": round(peak / achieved, 2),
+        "machine": machine_info(),
+    }
