@@ -16,6 +16,7 @@ import numpy as np
 
 SHADER_DIR = Path(__file__).resolve().parents[1] / "shaders"
 GLSL_VERSION = "#version 330 core"
+Rect = tuple[int, int, int, int]  # x, y, width, height in framebuffer pixels, y up (OpenGL)
 
 
 @functools.lru_cache(maxsize=None)
