@@ -11,6 +11,7 @@ optional MapAnything package or its weights missing) is reported as unavailable,
 from __future__ import annotations
 
 import argparse
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,17 +35,23 @@ class AnalyticRoom:
 
     def textures(self) -> np.ndarray:
         """[12, T, T, 3] float in [0, 1]: 6 room faces then 6 box faces (order: -x, +x, -y, +y, -z, +z)."""
-        from scipy.ndimage import gaussian_filter
+        return _room_textures(self)
 
-        rng = np.random.default_rng(self.seed)
-        T = self.texture_size
-        noise = rng.random((12, T, T, 3))
-        tex = gaussian_filter(noise, sigma=(0, self.texture_blur, self.texture_blur, 0), mode="wrap")
-        # stretch each face's contrast back to the full range and give it its own tint, so faces differ
-        lo = tex.min(axis=(1, 2, 3), keepdims=True)
-        hi = tex.max(axis=(1, 2, 3), keepdims=True)
-        tint = rng.uniform(0.5, 1.0, size=(12, 1, 1, 3))
-        return (tex - lo) / (hi - lo) * tint
+
+@functools.lru_cache(maxsize=4)
+def _room_textures(room: AnalyticRoom) -> np.ndarray:
+    """Cached per room: the textures are a pure function of its settings (read-only: do not modify)."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(room.seed)
+    T = room.texture_size
+    noise = rng.random((12, T, T, 3))
+    tex = gaussian_filter(noise, sigma=(0, room.texture_blur, room.texture_blur, 0), mode="wrap")
+    # stretch each face's contrast back to the full range and give it its own tint, so faces differ
+    lo = tex.min(axis=(1, 2, 3), keepdims=True)
+    hi = tex.max(axis=(1, 2, 3), keepdims=True)
+    tint = rng.uniform(0.5, 1.0, size=(12, 1, 1, 3))
+    return (tex - lo) / (hi - lo) * tint
 
 
 def _sample_texture(tex: np.ndarray, a: np.ndarray, b: np.ndarray, texel: float) -> np.ndarray:

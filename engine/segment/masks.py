@@ -51,7 +51,7 @@ def _read_png(path: Path) -> np.ndarray:
     import imageio.v3 as iio
 
     try:
-        img = np.asarray(iio.imread(path))
+        img = np.asarray(iio.imread(path, plugin="pillow"))
     except Exception as e:  # imageio raises many kinds for a broken file; the user needs the file name
         raise MaskFileError(f"{path}: cannot read this mask image ({type(e).__name__}: {e})") from e
     return _binarize(img, path)

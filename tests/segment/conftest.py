@@ -14,8 +14,3 @@ def room_with_and_without_box():
     box_mask = np.abs(gen["depth"] - mem["depth"]) > 1e-3  # [F, H, W] exactly where the box is seen
     return gen, mem, box_mask
 
-
-def noisy(rgb: np.ndarray, std: float, seed: int) -> np.ndarray:
-    """A generated frame never matches a splatted render exactly: add per-pixel colour noise (8-bit units)."""
-    rng = np.random.default_rng(seed)
-    return np.clip(rgb + rng.normal(0, std, rgb.shape), 0, 255).astype(np.uint8)

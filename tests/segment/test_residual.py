@@ -2,10 +2,15 @@
 
 import numpy as np
 import pytest
-from conftest import noisy
 
 from engine.segment import get_segmenter
 from engine.segment.residual import ResidualConfig, clean_mask
+
+
+def noisy(rgb: np.ndarray, std: float, seed: int) -> np.ndarray:
+    """A generated frame never matches a splatted render exactly: add per-pixel colour noise (8-bit units)."""
+    rng = np.random.default_rng(seed)
+    return np.clip(rgb + rng.normal(0, std, rgb.shape), 0, 255).astype(np.uint8)
 
 
 def _iou(a, b):
