@@ -6,14 +6,15 @@ except when the buffers grow (amortised by doubling), on a full delta, or on a r
 
 Level of detail: every delta's points go into their own segment in a shuffled order, so the first k slots of a
 segment are a uniform sample of it. Drawing the first `ceil(count * budget / total)` points of every segment is a
-uniform sample of the whole memory of about `budget` points; sprites grow by 1/sqrt(fraction) so surfaces stay
-closed. The budget follows the measured frame time towards a target frame rate (software OpenGL draws ~1M points
-at only a few frames per second). Removal swaps the segment's last points into the holes (the prefix stays a
-uniform sample), recolouring writes colours only.
+uniform sample of the whole memory of about `budget` points; sprites grow a little (fraction^-1/4) to close
+some of the gaps. The budget follows the measured frame time towards a target frame rate (software OpenGL draws
+~1M points at only a few frames per second). Removal swaps the segment's last points into the holes (the prefix
+stays a uniform sample), recolouring writes colours only.
 
-Each frame: a coverage pass (a subtle checker that stays visible only where no point lands), the points as
-sprites sized by the projected voxel (vertex shader: world size * focal / depth, clamped), the ground grid and
-the camera path. The class takes a `moderngl.Context`, so it draws in a pyglet window or a standalone EGL context.
+Each frame: the points as sprites sized by the projected voxel (vertex shader: world size * focal / depth,
+clamped), a coverage pass (a subtle checker on the far plane, visible only where no point landed), the ground
+grid and the camera path. The class takes a `moderngl.Context`, so it draws in a pyglet window or a standalone
+EGL context.
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ class MemoryViewConfig:
     min_budget: int = 20_000
     max_budget: int = 50_000_000
     point_scale: float = 1.5  # sprite diameter in voxels (the release renders with radius ~ one voxel)
-    lod_max_growth: float = 2.0  # largest sprite growth for a sample (bigger sprites cost fill on software GL)
+    # A sample of fraction f draws sprites f^-exponent larger: 0.5 would keep surfaces as closed as the full
+    # memory but keep the fill cost too (fill, not vertices, dominates on software GL); 0.25 halves holes' share
+    # while the frame time still falls with the budget.
+    lod_growth_exponent: float = 0.25
+    lod_max_growth: float = 2.0
     min_point_px: float = 1.0
     max_point_px: float = 24.0
     round_points: bool = False  # discarding corners defeats early depth tests on software GL: square by default
@@ -193,7 +198,7 @@ class PointSlots:
         live = live[self.rng.permutation(len(live))]
         xyz, rgba, ids = self.xyz[live], self.rgba[live], self.ids[live]
         if need > self.capacity:
-            self.capacity = max(2 * self.capacity, need)
+            self.capacity = max(2 * self.capacity, need + need // 2)  # headroom for the deltas that follow
             self.xyz = np.zeros((self.capacity, 3), np.float32)
             self.rgba = np.full((self.capacity, 4), 255, np.uint8)
             self.ids = np.full(self.capacity, -1, np.int64)
@@ -392,18 +397,13 @@ class MemoryView:
         ctx.clear(depth=1.0)
         ctx.scissor = None
 
-        # coverage: the checker stays visible wherever no point is drawn on top of it
-        ctx.disable(moderngl.DEPTH_TEST | moderngl.BLEND)
-        self.coverage_prog["color_a"].value, self.coverage_prog["color_b"].value = c.coverage_colors
-        self.coverage_prog["cell_px"].value = c.coverage_cell_px
-        self.coverage_prog["origin"].value = (vx, vy)
-        self.coverage_vao.render(moderngl.TRIANGLES, vertices=3)
-
         # points: a uniform sample of about `budget` points, sprites grown to keep surfaces closed
         n = self.num_points
         fraction = 1.0 if n <= self.budget else self.budget / n
-        growth = min(1.0 / math.sqrt(fraction), c.lod_max_growth)
+        growth = min(fraction ** -c.lod_growth_exponent, c.lod_max_growth)
+        ctx.disable(moderngl.BLEND)
         ctx.enable(moderngl.DEPTH_TEST | moderngl.PROGRAM_POINT_SIZE)
+        ctx.depth_func = "<"
         p = self.points_prog
         p["mvp"].write(mvp)
         p["focal_px"].value = float(K[0, 0]) * vw / width
@@ -415,11 +415,20 @@ class MemoryView:
             self.vao.render(moderngl.POINTS, vertices=count, first=first)
             self.points_drawn += count
 
+        # coverage after the points, on the far plane: the early depth test skips every pixel a point covers,
+        # so the checker costs fill only where the memory is empty (where it is meant to be seen)
+        ctx.depth_func = "<="
+        ctx.fbo.depth_mask = False
+        self.coverage_prog["color_a"].value, self.coverage_prog["color_b"].value = c.coverage_colors
+        self.coverage_prog["cell_px"].value = c.coverage_cell_px
+        self.coverage_prog["origin"].value = (vx, vy)
+        self.coverage_vao.render(moderngl.TRIANGLES, vertices=3)
+        ctx.depth_func = "<"
+
         # grid and path: blended over the points, depth-tested against them, not writing depth
         cam_centre = -w2c[:3, :3].T @ w2c[:3, 3]
         ctx.enable(moderngl.BLEND)
         ctx.blend_func = moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA
-        ctx.fbo.depth_mask = False
         g = self.grid_prog
         g["mvp"].write(mvp)
         snap = c.grid_spacing * np.round(cam_centre[[0, 2]] / c.grid_spacing)  # keeps lines still under the camera

@@ -14,6 +14,8 @@ import sys
 BENCHMARKS: dict[str, str] = {
     "reconstruct": "engine.bench.reconstruct",
     "model": "engine.bench.model",
+    "world": "engine.bench.world",
+    "viewer": "engine.bench.viewer",
 }
 
 
