@@ -15,6 +15,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("engine.bench.cli", "run a benchmark and print its medians as JSON"),
     "keys": ("engine.server.keys", "make CURVE keys for a server that listens beyond loopback"),
+    "world": ("engine.world.cli", "render the procedural world: a training dataset or a preview tour"),
 }
 
 

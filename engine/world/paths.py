@@ -33,6 +33,10 @@ class PathConfig:
     smoothing_s: float = 0.3  # time constant of velocity changes (no instant starts and stops)
     hold_s: tuple[float, float] = (0.7, 2.2)  # how long one WASD action is held
     probe_distance: float = 3.0  # how far ahead the walker looks for open space
+    min_ahead: float = 1.2  # a walker stops and turns away when less free floor than this lies ahead
+    steer_distance: float = 2.5  # ... and veers away from obstacles closer than this
+    steer_probe_deg: float = 35.0  # side probes for choosing which way to veer
+    blocked_turn_factor: float = 1.8  # turning away from a wall is quicker than a leisurely look around
     probe_step: float = 0.1
     probe_yaws: int = 16
     orbit_radius: tuple[float, float] = (0.9, 3.5)
@@ -118,15 +122,23 @@ def _eye_height(scene: Scene, rng: np.random.Generator, cfg: PathConfig) -> floa
 
 
 def _start(scene: Scene, rng: np.random.Generator, height: float, clearance: float,
-           avoid_until: float = 0.0) -> np.ndarray:
-    """A random free standing point; with avoid_until > 0 s, also clear of moving entities until then."""
+           avoid_until: float = 0.0, candidates: int = 64) -> np.ndarray:
+    """A random free standing point, drawn among the roomiest quarter of `candidates` free points (paths that
+    start in a corner spend their first seconds staring at a wall); with avoid_until > 0 s, also clear of
+    moving entities until then."""
     for c in (clearance, clearance * 0.5):
-        pts = scene.sample_free_points(rng, 64 if avoid_until > 0 else 1, height, c)
-        if avoid_until > 0 and scene.dynamic_ids and len(pts):
+        pts = scene.sample_free_points(rng, candidates, height, c)
+        if len(pts) == 0:
+            continue
+        if avoid_until > 0 and scene.dynamic_ids:
             gap = np.min([scene.distance(pts, t=t, static=False) for t in np.linspace(0, avoid_until, 5)], 0)
-            pts = pts[np.argsort(-gap)[:1]] if gap.max() <= c + 0.5 else pts[gap > c + 0.5][:1]
-        if len(pts):
-            return pts[0]
+            if np.any(gap > c + 0.5):
+                pts = pts[gap > c + 0.5]
+            else:
+                pts = pts[np.argmax(gap)][None]
+        room = scene.distance(pts, surfaces=False)
+        roomy = np.argsort(-room)[: max(1, len(pts) // 4)]
+        return pts[rng.choice(roomy)]
     raise PathError(f"scene {scene.seed} ({scene.kind}): no free standing point at height {height:.2f} m")
 
 
@@ -165,6 +177,8 @@ def walk_path(scene: Scene, n_frames: int, *, fps: float = 24.0, speed: float = 
     dt, r = 1.0 / fps, cfg.radius
     alpha = 1.0 - math.exp(-dt / cfg.smoothing_s)
     turn = math.radians(cfg.turn_rate_deg)
+    turn_blocked = turn * cfg.blocked_turn_factor
+    steer_angle = math.radians(cfg.steer_probe_deg)
     pitch_max = math.radians(cfg.pitch_range_deg)
     height = _eye_height(scene, rng, cfg)
     eye = _start(scene, rng, height, r * 2, avoid_until=1.0 if avoid_dynamic else 0.0)
@@ -187,10 +201,19 @@ def walk_path(scene: Scene, n_frames: int, *, fps: float = 24.0, speed: float = 
         eyes[k], yaws[k], pitches[k] = eye, yaw, pitch
         t = (k + 1) * dt if avoid_dynamic else None
         hold -= dt
+        # Free floor ahead, and to either side of the view direction.
+        left, ahead, right_open = _open_distances(scene, eye, yaw + np.array([-1, 0, 1]) * steer_angle, cfg, None)
+        if target_yaw is None and ahead < cfg.min_ahead:
+            # A wall (or furniture) fills the view: turn towards open space before walking into it.
+            target_yaw = _most_open_yaw(scene, eye, rng, cfg, None)
+        steer = 0.0
+        if target_yaw is None and ahead < cfg.steer_distance and vel[0] > 0:
+            # Veer towards the roomier side while walking, the closer the obstacle the harder.
+            steer = math.copysign(turn * (1 - ahead / cfg.steer_distance), right_open - left)
         if target_yaw is not None:
             diff = (target_yaw - yaw + math.pi) % (2 * math.pi) - math.pi
             cmd_vel[:] = 0.0
-            cmd_yaw = float(np.clip(diff / dt, -turn, turn))
+            cmd_yaw = float(np.clip(diff / dt, -turn_blocked, turn_blocked))
             if abs(diff) < math.radians(5):
                 target_yaw, hold, cmd_vel[:] = None, rng.uniform(*cfg.hold_s), (speed, 0.0)
         elif hold <= 0:
@@ -204,7 +227,7 @@ def walk_path(scene: Scene, n_frames: int, *, fps: float = 24.0, speed: float = 
             if action in ("look", "forward", "turn") or rng.random() < 0.3:
                 cmd_pitch = rng.uniform(-pitch_max, pitch_max) * (0.4 if action != "look" else 1.0)
         vel += (cmd_vel - vel) * alpha
-        yaw_rate += (cmd_yaw - yaw_rate) * alpha
+        yaw_rate += (cmd_yaw + steer - yaw_rate) * alpha
         yaw += yaw_rate * dt
         pitch += (cmd_pitch - pitch) * alpha
         fwd = np.array([math.sin(yaw), 0.0, math.cos(yaw)])

@@ -228,10 +228,10 @@ class Scene:
             groups.append(self._group(dyn, tt))
         for group in groups:
             for shape, (inv, size) in group.items():
-                if inv.ndim == 3:  # [M, 4, 4] against all points
-                    local = np.einsum("mij,nj->mni", inv[:, :3, :3], points) + inv[:, None, :3, 3]
+                if inv.ndim == 3:  # [M, 4, 4] against all points -> local [M, N, 3]
+                    local = points[None] @ np.swapaxes(inv[:, :3, :3], 1, 2) + inv[:, None, :3, 3]
                 else:  # [M, N, 4, 4]: one pose per point (its own time)
-                    local = np.einsum("mnij,nj->mni", inv[..., :3, :3], points) + inv[..., :3, 3]
+                    local = (inv[..., :3, :3] @ points[None, :, :, None])[..., 0] + inv[..., :3, 3]
                 d = _sdf_local(shape, local, size[:, None, :])
                 best = np.minimum(best, d.min(0))
         return best
