@@ -1,7 +1,7 @@
 """Reconstruction backends against true depth: `spatia bench reconstruct --json` prints abs_rel and ms_per_frame.
 
-Frames come from the procedural world (engine.world's generate_scene + WorldRenderer) when that package provides
-them, else from a small analytic scene defined here: a textured room with a box in it, ray-cast exactly in NumPy
+Frames come from the procedural world (engine.world's generate_scene, a camera path and WorldRenderer) by default,
+or, with `--scene analytic` or when the world cannot render here, from a small analytic scene defined here: a textured room with a box in it, ray-cast exactly in NumPy
 (`analytic_room_views`), so the benchmark and the tests have true depth without any renderer. Each backend
 reconstructs the same frames with the same known cameras; abs_rel is the mean |d - d_true| / d_true over the
 pixels the backend marks valid, `valid_fraction` says how many those are. A backend that cannot run here (the
@@ -137,6 +137,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth-noise", type=float, default=0.0,
                         help="relative std of log-normal noise put on the true depth fed to model-depth")
     parser.add_argument("--device", default="cpu", help="torch device for plane-sweep")
+    parser.add_argument("--scene", choices=("world", "analytic"), default="world",
+                        help="procedural world scene (falls back to the analytic room if it cannot render)")
+    parser.add_argument("--seed", type=int, default=0, help="world scene seed")
+    parser.add_argument("--path", default="orbit", help="world camera path kind (engine.world PATH_KINDS)")
+    parser.add_argument("--stride", type=int, default=4, help="take every stride-th frame of the 24 fps path")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
 
 
@@ -147,8 +152,32 @@ def abs_rel(pred: np.ndarray, true: np.ndarray, valid: np.ndarray) -> float:
     return float(np.mean(np.abs(pred[m] - true[m]) / true[m]))
 
 
+def world_views(num_frames: int, width: int, height: int, seed: int, path_kind: str, stride: int) -> dict:
+    """Frames of a procedural world scene along a camera path, every `stride`-th frame (24 fps paths move a few
+    centimetres per frame; stereo wants a wider baseline, as the release subsamples to a few fps)."""
+    from engine.world import WorldRenderer, generate_scene, make_path
+
+    scene = generate_scene(seed, kind="indoor")
+    extra = {"closed": False} if path_kind == "orbit" else {}  # an arc at walking speed, not one full turn
+    path = make_path(path_kind, scene, (num_frames - 1) * stride + 1, seed=seed, aspect=width / height, **extra)
+    w2c = path.w2c[::stride]
+    K = path.K(width, height)
+    renderer = WorldRenderer(width, height)
+    try:
+        out = renderer.render_batch(scene, w2c, K, path.times[::stride])
+    finally:
+        renderer.release()
+    return {"rgb": out.rgb, "depth": out.depth, "K": np.repeat(K[None], len(w2c), 0), "w2c": w2c}
+
+
 def load_frames(args: argparse.Namespace) -> tuple[dict, str]:
     """Frames with true depth: the procedural world when it can render them, else the analytic room."""
+    if args.scene == "world":
+        try:
+            views = world_views(args.frames, args.width, args.height, args.seed, args.path, args.stride)
+            return views, f"world(seed={args.seed}, path={args.path}, stride={args.stride})"
+        except Exception as e:  # no GL context, or no free path in this scene: say so and use the analytic room
+            return analytic_room_views(args.frames, args.width, args.height), f"analytic-room (world failed: {e})"
     return analytic_room_views(args.frames, args.width, args.height), "analytic-room"
 
 

@@ -75,7 +75,7 @@ def _bench_args(**kw):
     p = argparse.ArgumentParser()
     bench.add_arguments(p)
     args = p.parse_args([])
-    for k, v in dict(frames=3, width=64, height=48, repeat=1, **kw).items():
+    for k, v in dict(frames=3, width=64, height=48, repeat=1, scene="analytic", **kw).items():
         setattr(args, k, v)
     return args
 
@@ -103,3 +103,4 @@ def test_bench_command_line():
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["backends"]["model-depth"]["abs_rel"] == 0.0
+    assert out["source"].startswith("world(")  # the procedural world rendered the frames
