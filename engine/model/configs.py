@@ -142,6 +142,21 @@ class ModelConfig:
             f"vae_spatial_down and vae_temporal_down need {levels} flags (len(vae_dim_mult) - 1), "
             f"got {len(self.vae_spatial_down)} and {len(self.vae_temporal_down)}",
         )
+        # The parameter-free shortcuts of each VAE level fold (2x time) x (2x2 space) into channels and average
+        # (encoder) or repeat (decoder) channel groups, so the widths must divide accordingly.
+        enc = [self.vae_dim * u for u in (1, *self.vae_dim_mult)]
+        dec = [self.vae_dec_dim * u for u in (self.vae_dim_mult[-1], *self.vae_dim_mult[::-1])]
+        for i in range(levels + 1):
+            s = i < levels and self.vae_spatial_down[i]
+            t = i < levels and self.vae_temporal_down[i]
+            factor = (2 if t else 1) * (4 if s else 1)
+            need(enc[i] * factor % enc[i + 1] == 0,
+                 f"VAE encoder level {i}: width {enc[i]} x {factor} is not a multiple of {enc[i + 1]}")
+            s = i < levels and self.vae_spatial_down[::-1][i]
+            t = i < levels and self.vae_temporal_down[::-1][i]
+            factor = (2 if t else 1) * (4 if s else 1)
+            need(not (s or t) or dec[i + 1] * factor % dec[i] == 0,
+                 f"VAE decoder level {i}: width {dec[i + 1]} x {factor} is not a multiple of {dec[i]}")
         sc = self.vae_patch * 2 ** sum(self.vae_spatial_down)
         need(
             self.height % (sc * self.patch[1]) == 0 and self.width % (sc * self.patch[2]) == 0,
@@ -217,10 +232,10 @@ PRESETS: dict[str, dict] = {
         vae_patch=2,
         vae_dim=64,
         vae_dec_dim=64,
-        vae_dim_mult=(1, 2, 4),
+        vae_dim_mult=(1, 2, 4, 4),
         vae_num_res_blocks=2,
-        vae_spatial_down=(True, True),
-        vae_temporal_down=(True, True),
+        vae_spatial_down=(True, True, False),
+        vae_temporal_down=(False, True, True),
         latent_channels=16,
         dim=768,
         num_heads=12,

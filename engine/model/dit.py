@@ -39,6 +39,7 @@ from engine.model.layers import (
     RMSNorm,
     apply_rope,
     attention,
+    rope_freqs,
     modulate,
     rope_angles,
     timestep_features,
@@ -85,10 +86,10 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, backend: str) -> torch.Tensor:
         b, n, _ = x.shape
-        q = apply_rope(self.norm_q(self.q(x)).view(b, n, self.heads, -1), cos, sin)  # [B, L, H, Dh]
-        k = apply_rope(self.norm_k(self.k(x)).view(b, n, self.heads, -1), cos, sin)
+        q = apply_rope(self.norm_q(self.q(x)).view(b, n, self.heads, -1), freqs)  # [B, L, H, Dh]
+        k = apply_rope(self.norm_k(self.k(x)).view(b, n, self.heads, -1), freqs)
         v = self.v(x).view(b, n, self.heads, -1)
         return self.o(attention(q, k, v, backend).flatten(2))
 
@@ -124,21 +125,24 @@ class DiTBlock(nn.Module):
         self.ffn = MLP(d, cfg.ffn_dim, d, act="gelu")
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
-    def forward(self, x: torch.Tensor, e0: torch.Tensor, rope: tuple, context, backend: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, e0: torch.Tensor, rope: torch.Tensor, context, backend: str) -> torch.Tensor:
         """x [B, L, D]; e0 [B, Fr, 6, D] per-frame modulation (frames are contiguous runs of L / Fr tokens)."""
         b, n, d = x.shape
         frames = e0.shape[1]
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + e0).unbind(2)  # each [B, Fr, D]
 
-        def per_frame(fn, h: torch.Tensor, *mods: torch.Tensor) -> torch.Tensor:
-            return fn(h.view(b, frames, n // frames, d), *(m[:, :, None] for m in mods)).view(b, n, d)
+        def tok(a: torch.Tensor) -> torch.Tensor:  # [B, L, D] -> [B, Fr, L/Fr, D]: tokens grouped by frame
+            return a.view(b, frames, n // frames, d)
 
-        h = per_frame(modulate, self.norm1(x), shift1, scale1)
-        x = x + per_frame(torch.mul, self.self_attn(h, *rope, backend), gate1)
+        def mod(m: torch.Tensor) -> torch.Tensor:  # [B, Fr, D] -> [B, Fr, 1, D]: broadcast over a frame's tokens
+            return m[:, :, None]
+
+        h = modulate(tok(self.norm1(x)), mod(shift1), mod(scale1)).view(b, n, d)
+        x = torch.addcmul(tok(x), tok(self.self_attn(h, rope, backend)), mod(gate1)).view(b, n, d)
         if self.cross_attn is not None and context is not None:
             x = x + self.cross_attn(self.norm_cross(x), context, backend)
-        h = per_frame(modulate, self.norm2(x), shift2, scale2)
-        return x + per_frame(torch.mul, self.ffn(h), gate2)
+        h = modulate(tok(self.norm2(x)), mod(shift2), mod(scale2)).view(b, n, d)
+        return torch.addcmul(tok(x), tok(self.ffn(h)), mod(gate2)).view(b, n, d)
 
 
 class ControlBlock(DiTBlock):
@@ -267,7 +271,7 @@ class SpatiaDiT(nn.Module):
         tokens = self._embed(self.patch_embed, video)  # [B, (K+F)*tpf, D]
 
         angles = rope_angles(self.positions(k, f, gh, gw, x.device), cfg.head_dim, cfg.rope_theta)  # [L, Dh/2]
-        rope = (angles.cos(), angles.sin())
+        rope = rope_freqs(angles)  # [L, Dh/2] complex
 
         tf = t[:, None].expand(b, f) if t.dim() == 1 else t  # [B, F]
         tf = torch.cat([tf.new_zeros(b, k), tf], dim=1)  # [B, K+F]; references are clean

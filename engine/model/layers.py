@@ -58,8 +58,19 @@ def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> torch.T
     return torch.cat(parts, dim=1).float()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs (2i, 2i+1) of x [B, L, H, D] by angles with cos/sin [L, D/2]."""
+def rope_freqs(angles: torch.Tensor) -> torch.Tensor:
+    """Unit complex rotations [L, D/2] (complex64) for `apply_rope` from angles [L, D/2]."""
+    return torch.polar(torch.ones_like(angles), angles)
+
+
+def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs (2i, 2i+1) of x [B, L, H, D] by complex freqs [L, D/2] (one complex mul)."""
+    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # [B, L, H, D/2]
+    return torch.view_as_real(xc * freqs[None, :, None]).flatten(-2).type_as(x)
+
+
+def apply_rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Real-arithmetic definition of `apply_rope` (cos/sin [L, D/2]); for tests and complex-free exporters."""
     xf = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
     a, b = xf[..., 0], xf[..., 1]
     c, s = cos[None, :, None], sin[None, :, None]
@@ -76,8 +87,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return F.rms_norm(x.float(), self.weight.shape, None, self.eps).type_as(x) * self.weight
 
 
 class FP32LayerNorm(nn.LayerNorm):
@@ -99,5 +111,5 @@ def timestep_features(t: torch.Tensor, dim: int, max_period: float = 10000.0) ->
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation x * (1 + scale) + shift, per token (shift/scale broadcast like x [B, L, D])."""
-    return x * (1 + scale) + shift
+    """adaLN modulation x * (1 + scale) + shift (shift/scale broadcast against x)."""
+    return torch.addcmul(shift, x, 1 + scale)

@@ -495,11 +495,13 @@ class VideoVAE(nn.Module):
         cache.frames_in += z.shape[2]
         return self.from_model_space(out) if postprocess else out
 
-    def decode_stream(self, z: torch.Tensor, cache: DecodeCache | None = None) -> Iterator[torch.Tensor]:
+    def decode_stream(
+        self, z: torch.Tensor, cache: DecodeCache | None = None, postprocess: bool = True
+    ) -> Iterator[torch.Tensor]:
         """Yield the video frames of each latent frame as soon as they are decoded."""
         cache = cache or self.new_decode_cache()
         for i in range(z.shape[2]):
-            yield self.decode_step(z[:, :, i : i + 1], cache)
+            yield self.decode_step(z[:, :, i : i + 1], cache, postprocess)
 
     def _up_factor(self) -> int:
         return self.cfg.spatial_compression // self.cfg.vae_patch
