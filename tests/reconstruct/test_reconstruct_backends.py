@@ -40,11 +40,12 @@ def test_mapanything_names_the_path_it_tried(monkeypatch, tmp_path):
         get_reconstructor("mapanything", weights=str(tmp_path / "empty"))
 
 
-def test_mapanything_without_the_package(tmp_path):
-    import importlib.util
+def test_mapanything_without_the_package(monkeypatch, tmp_path):
+    import sys
 
-    if importlib.util.find_spec("mapanything") is not None:
-        pytest.skip("mapanything is installed here")
+    monkeypatch.setitem(sys.modules, "mapanything", None)  # how Python marks a package as not importable
+    with pytest.raises(ReconstructorUnavailable, match="package is not installed either"):
+        get_reconstructor("mapanything", weights=str(tmp_path / "missing"))
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ReconstructorUnavailable, match=f"`mapanything` package is not importable.*{tmp_path}"):
         get_reconstructor("mapanything", weights=str(tmp_path))
