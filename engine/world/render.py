@@ -399,16 +399,20 @@ class WorldRenderer:
 
     def render_batch(self, scene: Scene, w2c: np.ndarray, K: np.ndarray, t=0.0) -> RenderOutput:
         """N views: w2c [N, 4, 4], K [N, 3, 3] or one [3, 3], t scalar or [N] -> arrays with a leading N."""
+        w2c = np.asarray(w2c, np.float64)
+        if w2c.ndim != 3 or w2c.shape[-2:] not in ((4, 4), (3, 4)):
+            raise ValueError(f"render: w2c must be [4, 4] world-to-camera poses (a batch [N, 4, 4]), "
+                             f"got shape {w2c.shape[1:] if w2c.ndim == 3 else w2c.shape}")
         w2c = as_se3(w2c)
-        if w2c.ndim != 3:
-            raise ValueError(f"render_batch: w2c must be [N, 4, 4], got shape {w2c.shape}")
         n = len(w2c)
-        K = np.broadcast_to(np.asarray(K, np.float64), (n, 3, 3)) if np.ndim(K) in (2, 3) else None
-        if K is None:
-            raise ValueError("render_batch: K must be [3, 3] or [N, 3, 3]")
+        K = np.asarray(K, np.float64)
+        if K.shape == (3, 3):
+            K = np.broadcast_to(K, (n, 3, 3))
+        elif K.shape != (n, 3, 3):
+            raise ValueError(f"render: K must be [3, 3] pixel intrinsics (or [N, 3, 3] for N poses), got {K.shape}")
         times = np.broadcast_to(np.asarray(t, np.float64), (n,))
         if not np.all(np.isfinite(times)):
-            raise ValueError("render_batch: times must be finite")
+            raise ValueError("render: times t must be finite seconds")
         H, W = self.height, self.width
         rgb = np.empty((n, H, W, 3), np.uint8)
         depth = np.empty((n, H, W), np.float32)

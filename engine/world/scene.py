@@ -187,6 +187,8 @@ class Scene:
     eye_height: tuple[float, float]
     rooms: list[tuple[float, float, float, float]] = field(default_factory=list)  # (x0, z0, x1, z1) floor areas
     landmarks: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # [L, 3] centres of objects
+    # indoor openings between rooms: (x, z) of the opening's centre, its width, and the axis it spans ("x"/"z")
+    doorways: list[tuple[float, float, float, str]] = field(default_factory=list)
 
     def __post_init__(self):
         static = [p for p in self.primitives if not p.dynamic]
@@ -571,9 +573,12 @@ class _IndoorBuilder(_Builder):
                        wall_kinds=("shelf", "sofa", "bed", "cabinet"))
             self.paintings(inner, H, doors, xs, zs)
         light, key, fill, amb = self.lighting((35, 70), ambient=0.45, key=0.6, fill=0.15)
+        doorways = [(float(xs[b[1]]), float(u), float(w), "z") if a[0] == b[0] else (float(u), float(zs[b[0]]), float(w), "x")
+                    for (a, b), (u, w) in doors.items()]
         return Scene(seed, "indoor", self.prims, np.array([xs[0] + T / 2, 0.0, zs[0] + T / 2]),
                      np.array([xs[-1] - T / 2, H, zs[-1] - T / 2]), light, key, fill, amb,
-                     np.zeros(3), np.zeros(3), cfg.eye_height, rooms, np.array(self.landmarks).reshape(-1, 3))
+                     np.zeros(3), np.zeros(3), cfg.eye_height, rooms, np.array(self.landmarks).reshape(-1, 3),
+                     doorways)
 
     def paintings(self, inner, H, doors, xs, zs):
         """Flat framed slabs on the walls: strong, unique patterns at eye level help place recognition."""
