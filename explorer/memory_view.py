@@ -19,7 +19,9 @@ EGL context.
 
 from __future__ import annotations
 
+import collections
 import math
+import statistics
 from dataclasses import dataclass, field
 
 import moderngl
@@ -43,7 +45,7 @@ class MemoryViewConfig:
     target_fps: float = 30.0
     auto_budget: bool = True
     initial_budget: int = 1_000_000
-    min_budget: int = 20_000
+    min_budget: int = 10_000
     max_budget: int = 50_000_000
     point_scale: float = 1.5  # sprite diameter in voxels (the release renders with radius ~ one voxel)
     # A sample of fraction f draws sprites f^-exponent larger: 0.5 would keep surfaces as closed as the full
@@ -57,9 +59,9 @@ class MemoryViewConfig:
     near: float = 0.05
     far: float = 1000.0
     grid_spacing: float = 1.0
-    grid_extent: float = 60.0
+    grid_extent: float = 40.0  # half size of the grid around the camera; lines fade out by grid_fade
     grid_fade: float = 40.0
-    grid_color: tuple[float, float, float, float] = (0.55, 0.58, 0.62, 0.55)
+    grid_color: tuple[float, float, float, float] = (0.55, 0.58, 0.62, 0.6)
     coverage_colors: tuple[tuple[float, float, float], tuple[float, float, float]] = ((0.08, 0.08, 0.10),
                                                                                     (0.12, 0.12, 0.15))
     coverage_cell_px: float = 12.0
@@ -228,28 +230,33 @@ class BudgetController:
     """Point budget that follows the measured frame time towards the target frame rate.
 
     Frame time is roughly fixed costs plus a cost per drawn point; scaling the drawn count by target / measured
-    (bounded per step, smoothed, with a dead band) converges to the target without a model of either cost.
+    (bounded per step, with a dead band) converges to the target without a model of either cost. Medians over the
+    last few frames keep one slow frame (another process taking the CPU, a texture upload) from collapsing it.
     """
 
-    def __init__(self, target_fps: float, initial: int, min_budget: int, max_budget: int):
+    def __init__(self, target_fps: float, initial: int, min_budget: int, max_budget: int, window: int = 7,
+                 max_step: float = 1.35, dead_band: float = 0.08):
         if not target_fps > 0 or not 0 < min_budget <= initial <= max_budget:
             raise ValueError("need target_fps > 0 and 0 < min_budget <= initial <= max_budget")
         self.target_ms = 1000.0 / target_fps
         self.budget = int(initial)
         self.min_budget, self.max_budget = int(min_budget), int(max_budget)
-        self.smoothed_ms: float | None = None
+        self.max_step, self.dead_band = max_step, dead_band
+        self.samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=window)
 
     def update(self, frame_ms: float, drawn: int) -> int:
-        if not frame_ms > 0 or not math.isfinite(frame_ms):
+        if not frame_ms > 0 or not math.isfinite(frame_ms) or drawn <= 0:
             return self.budget
-        self.smoothed_ms = frame_ms if self.smoothed_ms is None else 0.6 * self.smoothed_ms + 0.4 * frame_ms
-        ratio = self.target_ms / self.smoothed_ms
-        if drawn <= 0 or 0.92 < ratio < 1.08:
+        self.samples.append((frame_ms, drawn))
+        ms = statistics.median(t for t, _ in self.samples)
+        ratio = self.target_ms / ms
+        if abs(ratio - 1.0) < self.dead_band:
             return self.budget
-        wanted = drawn * min(max(ratio, 0.5), 2.0)
         if ratio > 1 and drawn < self.budget:
             return self.budget  # the whole memory is drawn and still fast: nothing to learn about the budget
-        self.budget = int(min(max(wanted, self.min_budget), self.max_budget))
+        step = min(max(ratio, 1.0 / self.max_step), self.max_step)
+        base = statistics.median(d for _, d in self.samples)
+        self.budget = int(min(max(base * step, self.min_budget), self.max_budget))
         return self.budget
 
 
@@ -273,13 +280,23 @@ class MemoryView:
         self.grid_prog = program(ctx, "grid")
         self.path_prog = program(ctx, "path")
         self.coverage_vao = ctx.vertex_array(self.coverage_prog, [])
-        self.grid_vao = ctx.vertex_array(self.grid_prog, [])
+        self.grid_vbo = ctx.buffer(self._grid_lines())
+        self.grid_vao = ctx.vertex_array(self.grid_prog, [(self.grid_vbo, "2f 1f", "in_local", "in_along_z")])
         self._alloc_point_buffers()
 
         self.path = np.zeros((1024, 3), np.float32)  # [cap, 3] camera centres
         self.path_len = 0
         self.path_vbo = ctx.buffer(reserve=self.path.nbytes, dynamic=True)
         self.path_vao = ctx.vertex_array(self.path_prog, [(self.path_vbo, "3f", "in_xyz")])
+
+    def _grid_lines(self) -> np.ndarray:
+        """Endpoints [L*2, 3] (local x, local z in grid units, along_z flag) of the grid's lines."""
+        n = max(1, int(self.config.grid_extent / self.config.grid_spacing))
+        k = np.arange(-n, n + 1, dtype=np.float32)
+        lo, hi = np.full_like(k, -n), np.full_like(k, n)
+        along_x = np.stack([np.stack([lo, k, 0 * k], 1), np.stack([hi, k, 0 * k], 1)], 1)  # z = k
+        along_z = np.stack([np.stack([k, lo, 1 + 0 * k], 1), np.stack([k, hi, 1 + 0 * k], 1)], 1)  # x = k
+        return np.concatenate([along_x, along_z]).reshape(-1, 3).astype(np.float32)
 
     # ----------------------------------------------------------------------------------------- state
     @property
@@ -433,12 +450,11 @@ class MemoryView:
         g["mvp"].write(mvp)
         snap = c.grid_spacing * np.round(cam_centre[[0, 2]] / c.grid_spacing)  # keeps lines still under the camera
         g["center_xz"].value = tuple(snap)
-        g["extent"].value = c.grid_extent
         g["spacing"].value = c.grid_spacing
         g["eye_xz"].value = tuple(cam_centre[[0, 2]])
         g["fade"].value = c.grid_fade
         g["line_color"].value = c.grid_color
-        self.grid_vao.render(moderngl.TRIANGLE_STRIP, vertices=4)
+        self.grid_vao.render(moderngl.LINES)
         if self.path_len >= 2:
             self.path_prog["mvp"].write(mvp)
             self.path_prog["color"].value = c.path_color
@@ -448,5 +464,5 @@ class MemoryView:
 
     def release(self) -> None:
         for obj in (self.vao, self.vbo_xyz, self.vbo_rgba, self.path_vao, self.path_vbo, self.coverage_vao,
-                    self.grid_vao, self.points_prog, self.coverage_prog, self.grid_prog, self.path_prog):
+                    self.grid_vao, self.grid_vbo, self.points_prog, self.coverage_prog, self.grid_prog, self.path_prog):
             obj.release()

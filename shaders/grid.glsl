@@ -1,34 +1,34 @@
-// Ground grid on the floor plane y = 0: one quad around the camera, lines drawn analytically per fragment
-// (anti-aliased with screen-space derivatives) and faded with distance, the x axis red and the z axis blue.
+// Ground grid on the floor plane y = 0: line segments every `spacing` metres around the camera, faded with
+// distance; the x axis red and the z axis blue. Lines (not a shaded quad) keep the cost to the pixels they touch,
+// which matters on software OpenGL.
 #if defined VERTEX_SHADER
 uniform mat4 mvp;
-uniform vec2 center_xz;  // quad centre under the camera
-uniform float extent;    // half size of the quad in metres
+uniform vec2 center_xz;  // grid centre under the camera, snapped to the spacing so lines stay still
+uniform float spacing;
+uniform vec4 line_color;
+in vec2 in_local;        // endpoint in grid units around the centre
+in float in_along_z;     // 0: the line runs along x (constant z); 1: along z (constant x)
 out vec2 v_xz;
+out vec3 v_rgb;
 void main() {
-    vec2 corner = vec2(float(gl_VertexID & 1), float((gl_VertexID >> 1) & 1)) * 2.0 - 1.0;  // triangle strip
-    v_xz = center_xz + corner * extent;
+    v_xz = center_xz + in_local * spacing;
+    float across = in_along_z > 0.5 ? v_xz.x : v_xz.y;  // the coordinate that is constant on this line
+    v_rgb = line_color.rgb;
+    if (abs(across) < 0.5 * spacing) {
+        v_rgb = in_along_z > 0.5 ? vec3(0.3, 0.45, 0.9) : vec3(0.85, 0.3, 0.3);
+    }
     gl_Position = mvp * vec4(v_xz.x, 0.0, v_xz.y, 1.0);
 }
 #elif defined FRAGMENT_SHADER
-uniform float spacing;   // metres between lines
 uniform vec2 eye_xz;
 uniform float fade;      // distance at which lines vanish
 uniform vec4 line_color;
 in vec2 v_xz;
+in vec3 v_rgb;
 out vec4 f_color;
 void main() {
-    vec2 g = v_xz / spacing;
-    vec2 w = max(fwidth(g), vec2(1e-6));
-    vec2 d = abs(fract(g - 0.5) - 0.5) / w;
-    float line = 1.0 - min(min(d.x, d.y), 1.0);
-    vec2 axis = abs(v_xz) / max(fwidth(v_xz), vec2(1e-6));
-    vec3 rgb = line_color.rgb;
-    if (axis.y < 1.0) rgb = vec3(0.85, 0.3, 0.3);  // z = 0: the x axis
-    if (axis.x < 1.0) rgb = vec3(0.3, 0.45, 0.9);  // x = 0: the z axis
-    float dense = clamp(1.5 - 2.0 * max(w.x, w.y), 0.0, 1.0);  // drop lines closer than ~2 px (moire)
-    float a = line * line_color.a * dense * clamp(1.0 - length(v_xz - eye_xz) / fade, 0.0, 1.0);
+    float a = line_color.a * clamp(1.0 - length(v_xz - eye_xz) / fade, 0.0, 1.0);
     if (a <= 0.0) discard;
-    f_color = vec4(rgb, a);
+    f_color = vec4(v_rgb, a);
 }
 #endif
