@@ -261,9 +261,9 @@ def walk_path(scene: Scene, n_frames: int, *, fps: float = 24.0, speed: float = 
 def orbit_path(scene: Scene, n_frames: int, *, fps: float = 24.0, speed: float = 1.0, seed: int = 0,
                closed: bool = True, fov_deg: float = 65.0, aspect: float = 1.0,
                config: PathConfig | None = None, avoid_dynamic: bool = True) -> CameraPath:
-    """Circle an object of the scene while looking at it. closed=True ends at the first pose: one full turn
-    (the speed then follows from the radius and n_frames), or where no full circle is free, a swing out along
-    an arc and back; closed=False is an arc at `speed`."""
+    """Circle an object of the scene while looking at it, at `speed` on average. closed=True ends at the first
+    pose: one full turn where the path is long enough to walk a circle of at least the smallest orbit radius
+    (and one is free), else a swing out along an arc and back; closed=False is an arc."""
     _check_common(n_frames, fps, speed)
     cfg, rng = config or PathConfig(), np.random.default_rng([int(seed), 11])
     if len(scene.landmarks) == 0:
@@ -271,16 +271,20 @@ def orbit_path(scene: Scene, n_frames: int, *, fps: float = 24.0, speed: float =
     height = _eye_height(scene, rng, cfg)
     duration = (n_frames - 1) / fps
     s = np.linspace(0.0, 1.0, n_frames)
+    full_radius = speed * duration / (2 * math.pi)  # the circle walked once in the path's duration
+    lo, hi = cfg.orbit_radius
     for attempt in range(cfg.tries):
         target = scene.landmarks[rng.integers(len(scene.landmarks))]
-        rad = rng.uniform(*cfg.orbit_radius)
         sign = rng.choice((-1.0, 1.0))
-        if not closed:
-            ang = sign * min(2 * math.pi, speed * duration / rad) * s
-        elif attempt < cfg.tries // 2:  # one full turn
+        if closed and full_radius >= lo and attempt < cfg.tries // 2:  # one full turn (slower if capped)
+            rad = min(full_radius, hi) * rng.uniform(0.8, 1.0) if full_radius > lo / 0.8 else full_radius
             ang = sign * 2 * math.pi * s
-        else:  # rooms too cluttered for a full turn: swing out along an arc and back
-            ang = sign * min(math.pi, speed * duration / (2 * rad)) * np.sin(math.pi * s)
+        elif closed:  # too short for a full turn, or too cluttered: swing out along an arc and back
+            rad = rng.uniform(lo, hi)
+            ang = sign * min(math.pi, speed * duration / (2 * rad)) * (1 - np.cos(2 * math.pi * s)) / 2
+        else:
+            rad = rng.uniform(lo, hi)
+            ang = sign * min(2 * math.pi, speed * duration / rad) * s
         ang = ang + rng.uniform(0, 2 * math.pi)
         eyes = np.stack([target[0] + rad * np.sin(ang), np.full(n_frames, height), target[2] + rad * np.cos(ang)], -1)
         if not np.all(scene.is_free(eyes, cfg.radius)):
