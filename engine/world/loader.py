@@ -82,7 +82,7 @@ class WorldDataset(_ClipDataset):
         info, arrays = self.sequences[s], self._arrays(s)
         sel = slice(frames[0], frames[-1] + 1) if self.stride == 1 else frames
         try:
-            rgb = np.ascontiguousarray(arrays["rgb"][sel])  # [F, H, W, 3] uint8
+            rgb = np.array(arrays["rgb"][sel])  # [F, H, W, 3] uint8, copied out of the read-only map
             depth = np.asarray(arrays["depth"][sel], np.float32)  # [F, H, W]
             ids = np.asarray(arrays["ids"][sel], np.int32)  # [F, H, W]
         except (OSError, ValueError) as e:
