@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, str] = {
     "model": "engine.bench.model",
     "world": "engine.bench.world",
     "viewer": "engine.bench.viewer",
+    "memory": "engine.bench.memory",
 }
 
 
