@@ -60,8 +60,17 @@ def offscreen(ctx: moderngl.Context, width: int, height: int) -> moderngl.Frameb
 
 
 def read_rgb(fbo: moderngl.Framebuffer, viewport: tuple[int, int, int, int] | None = None) -> np.ndarray:
-    """Framebuffer pixels -> uint8 [H, W, 3] with the top row first (GL reads bottom-up)."""
+    """Framebuffer pixels -> uint8 [H, W, 3] with the top row first (GL reads bottom-up). Works on a window's
+    default framebuffer too (call it before the buffer swap): that one is first blitted into an offscreen copy,
+    because reading it directly sets a GL error that the window toolkit later reports as its own."""
     x, y, w, h = viewport or (0, 0, *fbo.size)
+    if fbo.glo == 0:
+        copy = fbo.ctx.framebuffer(color_attachments=[fbo.ctx.renderbuffer(fbo.size, 4)])
+        try:
+            fbo.ctx.copy_framebuffer(copy, fbo)
+            return read_rgb(copy, (x, y, w, h))
+        finally:
+            copy.release()
     data = fbo.read(viewport=(x, y, w, h), components=3, alignment=1)
     return np.frombuffer(data, np.uint8).reshape(h, w, 3)[::-1].copy()
 
