@@ -33,10 +33,11 @@ class PathConfig:
     smoothing_s: float = 0.3  # time constant of velocity changes (no instant starts and stops)
     hold_s: tuple[float, float] = (0.7, 2.2)  # how long one WASD action is held
     probe_distance: float = 3.0  # how far ahead the walker looks for open space
-    min_ahead: float = 1.2  # a walker stops and turns away when less free floor than this lies ahead
-    steer_distance: float = 2.5  # ... and veers away from obstacles closer than this
+    min_ahead: float = 1.5  # a walker stops and turns away when less free floor than this lies ahead
+    steer_distance: float = 2.8  # ... and veers away from obstacles closer than this
     steer_probe_deg: float = 35.0  # side probes for choosing which way to veer
     blocked_turn_factor: float = 1.8  # turning away from a wall is quicker than a leisurely look around
+    open_side_bias: float = 0.8  # chance that a chosen turn or strafe goes towards the more open side
     probe_step: float = 0.1
     probe_yaws: int = 16
     orbit_radius: tuple[float, float] = (0.9, 3.5)
@@ -219,8 +220,11 @@ def walk_path(scene: Scene, n_frames: int, *, fps: float = 24.0, speed: float = 
         elif hold <= 0:
             action = names[rng.choice(len(names), p=np.array(weights) / sum(weights))]
             hold = rng.uniform(*cfg.hold_s)
-            side = rng.choice((-1.0, 1.0))
-            cmd_vel[:] = {"forward": (speed, 0), "forward_turn": (speed, 0), "strafe": (0, side * speed * 0.6),
+            # Turns mostly go towards the roomier side, as a player looks where there is something to see.
+            roomier = 1.0 if right_open >= left else -1.0
+            side = roomier if rng.random() < cfg.open_side_bias else -roomier
+            # positive yaw turns towards the `right_open` probe; the `right` vector points to the `left` probe
+            cmd_vel[:] = {"forward": (speed, 0), "forward_turn": (speed, 0), "strafe": (0, -side * speed * 0.6),
                           "back": (-speed * 0.5, 0)}.get(action, (0.0, 0.0))
             cmd_yaw = {"forward_turn": side * turn * rng.uniform(0.3, 0.8), "turn": side * turn,
                        "look": side * turn * 0.3}.get(action, 0.0)

@@ -51,13 +51,16 @@ class Material:
 # Period ranges (metres) per kind: wide enough for variety, never so fine that a 128-pixel view turns grey.
 SCALE_RANGE: dict[Texture, tuple[float, float]] = {
     Texture.SOLID: (1.0, 1.0),
-    Texture.CHECKER: (0.25, 1.0),
+    Texture.CHECKER: (0.25, 1.2),
     Texture.STRIPES: (0.15, 0.6),
     Texture.NOISE: (0.3, 1.5),
     Texture.GRADIENT: (0.8, 3.0),
     Texture.TILES: (0.25, 0.8),
     Texture.BRICKS: (0.3, 0.6),
 }
+
+
+DETAIL_RANGE = (0.06, 0.16)  # amplitude of the fine grain on every surface
 
 
 def random_color(rng: np.random.Generator, hue=(0.0, 1.0), sat=(0.2, 0.8), val=(0.3, 0.95)) -> tuple:
@@ -82,7 +85,7 @@ def random_material(
     b = colorsys.hsv_to_rgb((h + rng.uniform(-0.08, 0.08)) % 1.0, min(1.0, s * rng.uniform(0.6, 1.3)), v + dv)
     b = tuple(float(np.clip(c, 0.0, 1.0)) for c in b)
     lo, hi = SCALE_RANGE[kind]
-    return Material(kind, a, b, float(rng.uniform(lo, hi)), float(rng.uniform(0.04, 0.12)))
+    return Material(kind, a, b, float(rng.uniform(lo, hi)), float(rng.uniform(*DETAIL_RANGE)))
 
 
 # ------------------------------------------------------------------------------------------------ GLSL
