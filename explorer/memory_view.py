@@ -182,7 +182,7 @@ class PointSlots:
         waste = self.end - self.num_points
         if (len(self.segments) >= self.max_segments or self.end + m > self.capacity
                 or waste > self.compact_waste * max(self.end, 1)):
-            self._compact(need=self.num_points + m, changes=changes)
+            self.compact(need=self.num_points + m, changes=changes)
         order = self.rng.permutation(m)
         start, stop = self.end, self.end + m
         self.xyz[start:stop] = xyz[order]
@@ -194,7 +194,7 @@ class PointSlots:
         changes.xyz.append((start, stop))
         changes.rgba.append((start, stop))
 
-    def _compact(self, need: int, changes: Changes) -> None:
+    def compact(self, need: int, changes: Changes) -> None:
         """Gather all live points into one reshuffled segment at slot 0; grow the arrays if `need` exceeds them."""
         live = np.concatenate([np.arange(s.start, s.start + s.count) for s in self.segments] or [np.zeros(0, int)])
         live = live[self.rng.permutation(len(live))]
@@ -351,7 +351,7 @@ class MemoryView:
         if delta.full:
             s.clear()
             if len(added) > s.capacity:
-                s._compact(need=len(added), changes=changes)
+                s.compact(need=len(added), changes=changes)
         s.remove(removed, changes)
         s.recolor(recolored, delta.recolored_rgb, changes)
         s.add(added, delta.added_xyz, delta.added_rgb, changes)

@@ -899,7 +899,7 @@ def encode(msg: Message) -> list[bytes | memoryview]:
     spec = _class_spec(type(msg))
     fields = {name: _wire_scalar(getattr(msg, name)) for name in spec.scalars}
     arrays, buffers = [], []
-    for name, aspec in spec.arrays.items():
+    for name in spec.arrays:
         a = getattr(msg, name)
         if a is None:
             continue
