@@ -249,6 +249,16 @@ class SpatiaDiT(nn.Module):
             if text.dim() != 3 or text.shape[0] != b or text.shape[2] != cfg.text_dim:
                 raise ValueError(f"text must be [{b}, L, {cfg.text_dim}]; got {tuple(text.shape)}")
 
+    def control_hints(self, tokens: torch.Tensor, control: torch.Tensor, ref_tokens: int, args) -> dict:
+        """Run the control branch: {main layer index: hint [B, L, D]}, hints zero at the first `ref_tokens`."""
+        ctl = self._embed(self.control_embed, control.to(tokens.dtype))  # [B, F*tpf, D]
+        ctl = F.pad(ctl, (0, 0, ref_tokens, 0))  # zero control tokens at the reference frames
+        hints = {}
+        for layer, block in zip(self.cfg.control_layers, self.control_blocks):
+            ctl, hint = block(ctl, tokens, *args)
+            hints[layer] = F.pad(hint[:, ref_tokens:], (0, 0, ref_tokens, 0))  # references get no control signal
+        return hints
+
     # ---- forward
     def forward(
         self,
@@ -281,13 +291,7 @@ class SpatiaDiT(nn.Module):
         context = None if text is None else self.text_embed(text.to(tokens.dtype))  # [B, Lt, D]
         args = (e0, rope, context, self.attn_backend)
 
-        hints: dict[int, torch.Tensor] = {}
-        if control is not None and len(self.control_blocks):
-            ctl = self._embed(self.control_embed, control.to(tokens.dtype))  # [B, F*tpf, D]
-            ctl = F.pad(ctl, (0, 0, k * tpf, 0))  # zero control tokens at the reference frames
-            for layer, block in zip(cfg.control_layers, self.control_blocks):
-                ctl, hint = block(ctl, tokens, *args)
-                hints[layer] = F.pad(hint[:, k * tpf :], (0, 0, k * tpf, 0))  # references get no control signal
+        hints = self.control_hints(tokens, control, k * tpf, args) if control is not None else {}
         scale = cfg.control_scale if control_scale is None else control_scale
 
         for i, block in enumerate(self.blocks):
