@@ -239,6 +239,7 @@ class BudgetController:
         if not target_fps > 0 or not 0 < min_budget <= initial <= max_budget:
             raise ValueError("need target_fps > 0 and 0 < min_budget <= initial <= max_budget")
         self.target_ms = 1000.0 / target_fps
+        self.aim_ms = self.target_ms / (1.0 + dead_band)  # the dead band around the aim ends at the target
         self.budget = int(initial)
         self.min_budget, self.max_budget = int(min_budget), int(max_budget)
         self.max_step, self.dead_band = max_step, dead_band
@@ -249,7 +250,7 @@ class BudgetController:
             return self.budget
         self.samples.append((frame_ms, drawn))
         ms = statistics.median(t for t, _ in self.samples)
-        ratio = self.target_ms / ms
+        ratio = self.aim_ms / ms
         if abs(ratio - 1.0) < self.dead_band:
             return self.budget
         if ratio > 1 and drawn < self.budget:

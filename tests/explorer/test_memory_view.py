@@ -106,7 +106,7 @@ def test_budget_controller_converges_to_the_target_frame_time():
     for _ in range(40):
         drawn = min(ctl.budget, total)
         ctl.update(cost(drawn), drawn)
-    assert cost(min(ctl.budget, total)) == pytest.approx(1000 / 30, rel=0.12)
+    assert 1000 / 30 * 0.84 < cost(min(ctl.budget, total)) <= 1000 / 30  # settles on the fast side of 30 fps
     small = BudgetController(target_fps=30, initial=50_000, min_budget=1000, max_budget=10_000_000)
     for _ in range(20):
         small.update(cost(10_000), 10_000)  # the whole (small) memory is drawn and fast: the budget stays
