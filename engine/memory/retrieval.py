@@ -150,7 +150,9 @@ class Alg1Retrieval:
     iou_voxel: float = 0.05  # voxel size of the occupancy grids compared by IoU (metres)
     icp_max_distance: float = 0.1  # correspondence radius of ICP (metres)
     icp_iterations: int = 10
-    vis_width: int = 128  # target point sets: memory points winning a render this wide
+    # Target point sets: the memory points winning a render this wide. It must sample surfaces at least as
+    # finely as iou_voxel (and a candidate's points must too), or sparse sets make the occupancy IoU small.
+    vis_width: int = 256
 
     def __call__(self, targets, candidates, memory) -> list[tuple[int, float]]:
         import open3d as o3d
@@ -231,10 +233,15 @@ class _Cloud:
 
 
 def _occupancy(pts: np.ndarray, voxel: float) -> np.ndarray:
-    """Sorted unique voxel keys [V] int64 of points [P, 3] (21 bits per axis, as in the memory)."""
+    """Sorted unique voxel keys [V] int64 of points [P, 3] (21 bits per axis, as in the memory).
+
+    The grid is offset by half a voxel: surfaces at round coordinates (floors at y = 0, walls of rooms built
+    on whole metres) would otherwise lie exactly on cell borders, where a registration error of a hair flips
+    every point into the neighbouring cell and the IoU collapses.
+    """
     if not len(pts):
         return np.zeros(0, np.int64)
-    c = np.floor(pts / voxel).astype(np.int64) + (1 << 20)
+    c = np.floor(pts / voxel + 0.5).astype(np.int64) + (1 << 20)
     c = np.clip(c, 0, (1 << 21) - 1)
     return np.unique((c[:, 0] << 42) | (c[:, 1] << 21) | c[:, 2])
 
