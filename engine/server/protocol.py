@@ -667,6 +667,19 @@ class MemoryDelta(Message):
 
 
 @dataclass(kw_only=True)
+class Resync(Message):
+    """Client -> server: the viewer's memory is out of step (a delta it could not apply); send a full delta."""
+
+    type: ClassVar[str] = "resync"
+    have_version: int = -1
+    """The memory version the viewer holds, -1 for none (for the server's logs)."""
+
+    @classmethod
+    def example(cls) -> "Resync":
+        return cls(have_version=4)
+
+
+@dataclass(kw_only=True)
 class ClipDone(Message):
     """Server -> client: a clip finished (all its frames sent, memory updated)."""
 
