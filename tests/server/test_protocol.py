@@ -49,7 +49,8 @@ def expect(code: P.ErrorCode, frames) -> P.ProtocolError:
 # --------------------------------------------------------------------------------------------- every class
 def test_registry_covers_the_issue():
     expected = {"hello", "capabilities", "open_procedural", "open_image", "open_points", "open_release", "trajectory",
-                "cancel", "frame", "memory_delta", "resync", "clip_done", "edit_remove_box", "edit_remove_ids", "edit_recolor",
+                "cancel", "frame", "memory_delta", "resync", "clip_done", "edit_remove_box", "edit_remove_ids",
+                "edit_recolor",
                 "edit_insert_primitive", "edit_insert_points", "edit_undo", "save", "load", "ack", "error", "heartbeat"}
     assert expected <= set(CLASSES)
 
