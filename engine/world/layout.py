@@ -490,5 +490,5 @@ def add_dynamic_entities(scene: Scene, rng: np.random.Generator, cfg: SceneConfi
         if not ok:
             continue
         ids += 1
-        for shape, size, offset in parts:
-            scene.primitives.append(Primitive(shape, size, yaw_pose(offset), mat, ids, motion, name=kind))
+        scene.add_primitives([Primitive(shape, size, yaw_pose(offset), mat, ids, motion, name=kind)
+                              for shape, size, offset in parts])

@@ -170,6 +170,53 @@ def _sdf_local(shape: str, p: np.ndarray, size: np.ndarray) -> np.ndarray:
     return np.linalg.norm(p, axis=-1) - size[..., 0]
 
 
+def _bound_radius(shape: str, size: np.ndarray) -> np.ndarray:
+    """Radius [M] of a ball around each primitive's centre that contains it."""
+    return np.linalg.norm(size, axis=-1) if shape == "box" else np.hypot(size[:, 0], size[:, 1])
+
+
+class _Solids:
+    """Static primitives as arrays for fast exact distance queries.
+
+    Primitives are skipped while a lower bound on their distance to every query point (centre distance minus
+    both bounding radii) exceeds what the query already found, so a probe near a wall never touches the far
+    side of the house, yet the result is the exact minimum over all primitives.
+    """
+
+    def __init__(self, prims: list[Primitive]):
+        self.shapes, self.inv, self.size, self.centre, self.bound = [], [], [], [], []
+        for shape in SHAPES:
+            sel = [p for p in prims if p.shape == shape]
+            if sel:
+                size = np.stack([p.size for p in sel])
+                poses = np.stack([p.pose for p in sel])
+                self.shapes.append(shape)
+                self.inv.append(invert_se3(poses))  # [M, 4, 4] world-to-object
+                self.size.append(size)
+                self.centre.append(poses[:, :3, 3])
+                self.bound.append(_bound_radius(shape, size))
+
+    def distance(self, points: np.ndarray, best: np.ndarray, first_pass: float = 1.0) -> np.ndarray:
+        """min(best, distance to the nearest primitive) for points [N, 3]."""
+        if not len(points):
+            return best
+        qc = (points.min(0) + points.max(0)) / 2
+        rq = float(np.linalg.norm(points - qc, axis=1).max())
+        lbs = [np.linalg.norm(c - qc, axis=1) - b - rq for c, b in zip(self.centre, self.bound)]  # [M] each
+        done = [np.zeros(len(lb), bool) for lb in lbs]
+        for cut in (first_pass, None):  # near primitives first, then whatever could still be closer
+            for k, shape in enumerate(self.shapes):
+                limit = first_pass if cut is not None else best.max()
+                sel = ~done[k] & (lbs[k] <= limit)
+                if not sel.any():
+                    continue
+                done[k] |= sel
+                inv, size = self.inv[k][sel], self.size[k][sel]
+                local = points[None] @ np.swapaxes(inv[:, :3, :3], 1, 2) + inv[:, None, :3, 3]  # [M, N, 3]
+                best = np.minimum(best, _sdf_local(shape, local, size[:, None, :]).min(0))
+        return best
+
+
 @dataclass(eq=False)  # identity semantics: renderers cache GPU buffers per scene object
 class Scene:
     """A generated world: its primitives, the walkable box, lighting, sky and a few points of interest."""
@@ -192,24 +239,26 @@ class Scene:
     doorways: list[tuple[float, float, float, str]] = field(default_factory=list)
 
     def __post_init__(self):
-        static = [p for p in self.primitives if not p.dynamic]
-        self._static = self._group(static, None)
-        self._obstacles = self._group([p for p in static if p.name not in SURFACE_NAMES], None)
+        self._index()
 
-    @staticmethod
-    def _group(prims: list[Primitive], t) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """shape -> (world-to-object [M, 4, 4] or [M, N, 4, 4], size [M, 3]) for the SDF."""
-        out = {}
-        for shape in SHAPES:
-            sel = [p for p in prims if p.shape == shape]
-            if sel:
-                poses = np.stack([p.pose if t is None else p.pose_at(t) for p in sel])
-                out[shape] = (invert_se3(poses), np.stack([p.size for p in sel]))
-        return out
+    def add_primitives(self, prims: list[Primitive]) -> None:
+        """Append primitives (e.g. moving entities) and refresh the query structures."""
+        self.primitives.extend(prims)
+        self._index()
+
+    def _index(self) -> None:
+        static = [p for p in self.primitives if not p.dynamic]
+        self._static = _Solids(static)
+        self._obstacles = _Solids([p for p in static if p.name not in SURFACE_NAMES])
+        # moving parts grouped by entity: one route evaluation per entity and query
+        self._entities: dict[int, tuple[Motion, list[Primitive]]] = {}
+        for p in self.primitives:
+            if p.dynamic:
+                self._entities.setdefault(p.instance_id, (p.motion, []))[1].append(p)
 
     @property
     def dynamic_ids(self) -> list[int]:
-        return sorted({p.instance_id for p in self.primitives if p.dynamic})
+        return sorted(self._entities)
 
     @property
     def has_sky(self) -> bool:
@@ -224,19 +273,22 @@ class Scene:
         """
         points = np.asarray(points, np.float64).reshape(-1, 3)
         best = np.full(len(points), np.inf)
-        groups = [self._static if surfaces else self._obstacles] if static else []
-        dyn = [p for p in self.primitives if p.dynamic]
-        if t is not None and dyn:
-            tt = np.broadcast_to(np.asarray(t, np.float64), (len(points),))
-            groups.append(self._group(dyn, tt))
-        for group in groups:
-            for shape, (inv, size) in group.items():
-                if inv.ndim == 3:  # [M, 4, 4] against all points -> local [M, N, 3]
-                    local = points[None] @ np.swapaxes(inv[:, :3, :3], 1, 2) + inv[:, None, :3, 3]
-                else:  # [M, N, 4, 4]: one pose per point (its own time)
-                    local = (inv[..., :3, :3] @ points[None, :, :, None])[..., 0] + inv[..., :3, 3]
-                d = _sdf_local(shape, local, size[:, None, :])
-                best = np.minimum(best, d.min(0))
+        if static:
+            best = (self._static if surfaces else self._obstacles).distance(points, best)
+        if t is None or not self._entities:
+            return best
+        tt = np.asarray(t, np.float64)
+        if tt.ndim and tt.shape != (len(points),):
+            raise ValueError(f"distance: t must be a scalar or one time per point ({len(points)}), got {tt.shape}")
+        for motion, parts in self._entities.values():
+            T = motion.transform(tt)  # [4, 4] or [N, 4, 4]
+            for p in parts:
+                inv = invert_se3(T @ p.pose)
+                if inv.ndim == 2:
+                    local = points @ inv[:3, :3].T + inv[:3, 3]
+                else:  # one pose per point, at that point's time
+                    local = (inv[:, :3, :3] @ points[:, :, None])[..., 0] + inv[:, :3, 3]
+                best = np.minimum(best, _sdf_local(p.shape, local, p.size))
         return best
 
     def inside_bounds(self, points: np.ndarray, radius: float = 0.0) -> np.ndarray:
