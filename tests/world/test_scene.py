@@ -140,3 +140,27 @@ def test_bad_input_is_named():
         Primitive("box", (1, 0, 1), np.eye(4), mat, name="flat")
     with pytest.raises(ValueError, match="color_a"):
         Material(Texture.SOLID, (2, 0, 0), (0, 0, 0), 1.0)
+
+
+@pytest.mark.parametrize("t", [None, 1.5, "per-point"])
+def test_distance_is_the_exact_minimum_over_all_primitives(t):
+    from engine.geometry import invert_se3, transform_points
+
+    scene = generate_scene(4, dynamic=True)
+    rng = np.random.default_rng(3)
+    # clustered probes (the culled fast path) and points spread over and beyond the whole scene
+    pts = np.concatenate([rng.normal(scene.sample_free_points(rng, 1, 1.5, 0.3)[0], 0.3, (50, 3)),
+                          rng.uniform(scene.free_min - 3, scene.free_max + 3, (200, 3))])
+    times = rng.uniform(0, 10, len(pts)) if t == "per-point" else t
+    brute = np.full(len(pts), np.inf)
+    for p in scene.primitives:
+        if p.dynamic and times is None:
+            continue
+        if p.dynamic and np.ndim(times):
+            local = np.stack([transform_points(invert_se3(p.pose_at(ti)), x[None])[0] for ti, x in zip(times, pts)])
+        else:
+            local = transform_points(invert_se3(p.pose_at(0.0 if times is None else times)), pts)
+        brute = np.minimum(brute, _sdf_local(p.shape, local, p.size))
+    assert np.allclose(scene.distance(pts, t=times), brute)
+    with pytest.raises(ValueError, match="one time per point"):
+        scene.distance(pts, t=np.zeros(3))
