@@ -12,6 +12,7 @@ backward reprojection check between each reference and its neighbours keeps only
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -80,13 +81,27 @@ def box(x: torch.Tensor, window: int) -> torch.Tensor:
     avg_pool2d, which loops over the window. x [..., H, W].
     """
     r = window // 2
-    H, W = x.shape[-2:]
-    p = F.pad(x, (r + 1, r, r + 1, r))  # zeros outside, plus a leading zero row/column for the table
+    return _box_padded(F.pad(x, (r + 1, r, r + 1, r)), window)
+
+
+def box_channels(channels: list[torch.Tensor], window: int) -> torch.Tensor:
+    """`box` of several [d, H, W] maps at once -> [d, C, H, W], written straight into one padded buffer."""
+    d, H, W = channels[0].shape
+    r = window // 2
+    padded = channels[0].new_zeros(d, len(channels), H + window, W + window)  # zeros outside + a leading zero
+    for i, c in enumerate(channels):
+        padded[:, i, r + 1 : r + 1 + H, r + 1 : r + 1 + W] = c
+    return _box_padded(padded, window)
+
+
+def _box_padded(p: torch.Tensor, window: int) -> torch.Tensor:
+    """Box means of a map already padded by (window // 2 + 1, window // 2) zeros on each axis."""
     c = p.cumsum(-2)
     c = c[..., window:, :] - c[..., :-window, :]
     c = c.cumsum(-1)
     c = c[..., window:] - c[..., :-window]
-    return c / _box_counts(H, W, window, x.device)
+    H, W = c.shape[-2:]
+    return c.div_(_box_counts(H, W, window, p.device))
 
 
 def _box_counts(H: int, W: int, window: int, device: torch.device) -> torch.Tensor:
@@ -144,7 +159,7 @@ def sweep_frame(
         b_list.append((K[s].double() @ t).float())  # [3]
     cost = torch.empty(D, H, W, device=gray.device)  # [D, H, W] aggregated 1 - ZNCC, +inf where unseen
     keep = math.ceil(len(neighbors) / 2)  # the better half of the neighbours scores each plane
-    full_window = 1.0 - 0.5 / (win * win)  # box mean of an in-bounds indicator: below this, part falls outside
+    r = win // 2  # a sample is scored only when its window lies inside the source image
     for lo in range(0, D, cfg.plane_chunk):
         rho = inv_depths[lo : lo + cfg.plane_chunk]  # [d]
         d = len(rho)
@@ -156,25 +171,28 @@ def sweep_frame(
             z = torch.where(in_front, z, torch.ones_like(z))
             u = q[:, 0] / z
             v = q[:, 1] / z
-            inside = in_front & (u >= 0) & (u <= W) & (v >= 0) & (v <= H)  # [d, H*W]
+            # the window around the sample inside the source (to within the warp's local scale, near 1 for the
+            # small viewpoint changes between neighbouring frames)
+            seen = (in_front & (u >= r) & (u <= W - r) & (v >= r) & (v <= H - r)).view(d, 1, H, W)
             # grid_sample with align_corners=False: -1 and +1 are the outer image edges, matching +0.5 centres
             grid = torch.stack([2 * u / W - 1, 2 * v / H - 1], -1).view(1, d * H, W, 2)
             J = F.grid_sample(gray[s : s + 1], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-            J = J.view(d, 1, H, W)  # [d, 1, H, W]
-            # one summed-area pass for the four window means: [d, 4, H, W]
-            stats = box(torch.cat([J, J * J, I * J, inside.view(d, 1, H, W).float()], 1), win)
-            mean_J, mean_JJ, mean_IJ, in_frac = stats.split(1, dim=1)
-            seen = in_frac > full_window  # the whole window lands inside the source image
+            J = J.view(d, H, W)  # [d, H, W]
+            # one summed-area pass for the three window means: [d, 3, H, W]
+            stats = box_channels([J, J * J, I[0] * J], win)
+            mean_J, mean_JJ, mean_IJ = stats.split(1, dim=1)
             var_J = (mean_JJ - mean_J**2).clamp_min(0)
             cov = mean_IJ - mean_I * mean_J
             ncc = cov / torch.sqrt((var_I * var_J).clamp_min(1e-12))
             per_src.append(torch.where(seen, 1.0 - ncc.clamp(-1, 1), torch.inf)[:, 0])  # [d, H, W]
-        c = torch.stack(per_src)  # [N, d, H, W]
-        best = c.min(0, keepdim=True).values if keep == 1 else torch.topk(c, keep, dim=0, largest=False).values
-        finite = torch.isfinite(best)
-        n = finite.sum(0)
-        agg = torch.where(finite, best, 0.0).sum(0) / n.clamp_min(1)
-        cost[lo : lo + d] = torch.where(n > 0, agg, torch.inf)
+        if keep == 1:  # the best neighbour alone (inf only where no neighbour sees the sample)
+            cost[lo : lo + d] = functools.reduce(torch.minimum, per_src)
+        else:
+            best = torch.topk(torch.stack(per_src), keep, dim=0, largest=False).values  # [keep, d, H, W]
+            finite = torch.isfinite(best)
+            n = finite.sum(0)
+            agg = torch.where(finite, best, 0.0).sum(0) / n.clamp_min(1)
+            cost[lo : lo + d] = torch.where(n > 0, agg, torch.inf)
     return _winner_take_all(cost, inv_depths, var_I[0, 0], cfg)
 
 
@@ -197,9 +215,10 @@ def _winner_take_all(
     depth = 1.0 / rho.clamp_min(1e-12)
 
     # second-best cost away from the winner's basin (the winner and its two neighbour planes excluded)
-    plane = torch.arange(D, device=cost.device)[:, None, None]
-    basin = (plane - idx[None]).abs() <= 1
-    c2 = torch.where(basin, torch.inf, cost).min(0).values
+    away = cost.clone()
+    for nb in (lo, idx, hi):
+        away.scatter_(0, nb[None], torch.inf)
+    c2 = away.min(0).values
     distinct = torch.where(torch.isfinite(c2), (1.0 - c0 / c2.clamp_min(1e-6)).clamp(0, 1), 0.0)
     match = (1.0 - c0).clamp(0, 1)  # best ZNCC clamped to [0, 1]
     confidence = torch.where(torch.isfinite(c0), match * distinct, 0.0)
@@ -247,9 +266,10 @@ def consistency_votes(
             X_back = R.T @ (ray_s * d_s[None] - t[:, None])  # [3, H*W]
             z_back = X_back[2]
             uv_back = (K[r].float() @ (X_back / torch.where(z_back > 1e-6, z_back, torch.ones_like(z_back))))[:2]
-            err_px = (uv_back - pix_r).norm(dim=0)
+            du, dv = uv_back[0] - pix_r[0], uv_back[1] - pix_r[1]
             err_rel = (z_back - X_r[2]).abs() / X_r[2].clamp_min(1e-6)
-            agree = ok_s & (z_back > 1e-6) & (err_px <= cfg.consistency_px) & (err_rel <= cfg.consistency_rel)
+            agree = ok_s & (z_back > 1e-6) & (du * du + dv * dv <= cfg.consistency_px**2)
+            agree &= err_rel <= cfg.consistency_rel
             votes[r] += agree.view(H, W).long()
     return votes
 
