@@ -78,8 +78,13 @@ def _check_torch_hub_cache(config: dict, path: Path) -> dict:
     import torch
 
     hub = Path(torch.hub.get_dir())
-    repo = "facebookresearch_dinov2" if "dinov2" in str(enc.get("encoder_str", "")) else None
-    if repo and not any((hub / f"{repo}_{ref}").is_dir() for ref in ("main", "master")):
+    if "dinov2" not in str(enc.get("encoder_str", "")):
+        raise ReconstructorUnavailable(
+            f"the checkpoint at {path} builds a {enc.get('encoder_str')!r} encoder through torch.hub, which could "
+            f"download; only the released DINOv2 encoder is supported offline; {WITHOUT_IT}"
+        )
+    repo = "facebookresearch_dinov2"
+    if not any((hub / f"{repo}_{ref}").is_dir() for ref in ("main", "master")):
         raise ReconstructorUnavailable(
             f"the checkpoint at {path} builds its encoder through torch.hub, whose code is not cached in {hub} "
             f"(looked for {repo}_main); nothing is downloaded, so copy that cache there first; {WITHOUT_IT}"
@@ -157,6 +162,8 @@ class MapAnythingReconstructor(Reconstructor):
                 view["depth_z"] = np.nan_to_num(depth[i], nan=0.0, posinf=0.0).astype(np.float32)
             views.append(view)
         processed = self._preprocess(views, resize_mode=cfg.resize_mode)
+        # the intrinsics of the package's scale+crop, read before inference (which may move or convert them)
+        K_procs = [np.asarray(pv["intrinsics"][0], np.float64) for pv in processed]  # [3, 3] each
         with torch.no_grad():
             preds = self.model.infer(
                 processed,
@@ -169,8 +176,7 @@ class MapAnythingReconstructor(Reconstructor):
         out_d = np.zeros((Fn, H, W), np.float32)
         out_c = np.zeros((Fn, H, W), np.float32)
         out_v = np.zeros((Fn, H, W), bool)
-        for i, (pv, pred) in enumerate(zip(processed, preds)):
-            K_proc = np.asarray(pv["intrinsics"][0].cpu() if hasattr(pv["intrinsics"], "cpu") else pv["intrinsics"][0])
+        for i, (K_proc, pred) in enumerate(zip(K_procs, preds)):
             d = pred["depth_z"][0, ..., 0].float().cpu().numpy()  # [h, w]
             c = confidence_to_unit(pred["conf"][0].float().cpu().numpy())
             m = pred["mask"][0, ..., 0].bool().cpu().numpy()

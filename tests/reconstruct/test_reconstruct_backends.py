@@ -105,3 +105,25 @@ def test_bench_command_line():
     out = json.loads(proc.stdout)
     assert out["backends"]["model-depth"]["abs_rel"] == 0.0
     assert out["source"].startswith("world(")  # the procedural world rendered the frames
+
+
+def test_mapanything_encoder_builds_offline_or_says_why(tmp_path):
+    import torch
+
+    from engine.reconstruct.mapanything import _check_torch_hub_cache
+
+    enc = {"encoder_str": "dinov2", "uses_torch_hub": True, "size": "giant"}
+    before = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    try:
+        with pytest.raises(ReconstructorUnavailable, match="facebookresearch_dinov2_main.*nothing is downloaded"):
+            _check_torch_hub_cache({"encoder_config": enc}, tmp_path)
+        (tmp_path / "hub" / "facebookresearch_dinov2_main").mkdir(parents=True)
+        out = _check_torch_hub_cache({"encoder_config": enc}, tmp_path)
+        assert out["torch_hub_pretrained"] is False and out["size"] == "giant"  # no hub weights fetched
+        with pytest.raises(ReconstructorUnavailable, match="'radio'"):
+            _check_torch_hub_cache({"encoder_config": {"encoder_str": "radio", "uses_torch_hub": True}}, tmp_path)
+    finally:
+        torch.hub.set_dir(before)
+    plain = {"encoder_str": "pixio", "uses_torch_hub": False}
+    assert _check_torch_hub_cache({"encoder_config": plain}, tmp_path) == plain
