@@ -69,6 +69,8 @@ def run_dataset(args: argparse.Namespace) -> int:
     except (ValueError, DatasetError) as e:
         print(f"spatia world dataset: {e}", file=sys.stderr)
         return 2
+    per_seq = sorted(stats.pop("sequence_seconds"))
+    stats["median_sequence_s"] = per_seq[len(per_seq) // 2] if per_seq else None
     print(json.dumps({"out": args.out, **{k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}}))
     return 0
 

@@ -189,24 +189,32 @@ def build_dataset(cfg: DatasetConfig, root: str | Path, workers: int = 1, progre
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.scenes, initial=cfg.scenes - len(todo), unit="seq", disable=not progress,
                desc=f"world dataset -> {root.name}")
+    durations = []  # seconds each sequence took in its worker
+    pool = None
     try:
         if workers == 1:
             _worker_init(cfg, str(root), gl_threads)
-            for i in todo:
-                _worker_run(i)
-                bar.update()
+            results = map(_worker_run, todo)
         else:
             # spawn: each worker starts clean and creates its own GL context
-            with mp.get_context("spawn").Pool(workers, _worker_init, (cfg, str(root), gl_threads)) as pool:
-                for _ in pool.imap_unordered(_worker_run, todo):
-                    bar.update()
+            pool = mp.get_context("spawn").Pool(workers, _worker_init, (cfg, str(root), gl_threads))
+            results = pool.imap_unordered(_worker_run, todo)
+        for _, secs in results:
+            durations.append(secs)
+            bar.update()
+        if pool is not None:
+            pool.close()
+            pool.join()
     finally:
+        if pool is not None:
+            pool.terminate()  # after a clean join this is a no-op; after an error it stops the workers
         bar.close()
         _write_root_file(cfg, root)
     seconds = time.perf_counter() - t0
     frames = len(todo) * cfg.frames
     return {"written": len(todo), "skipped": cfg.scenes - len(todo), "seconds": seconds,
-            "frames_per_s": frames / seconds if frames else math.nan}
+            "frames_per_s": frames / seconds if frames else math.nan, "workers": workers,
+            "sequence_seconds": durations}
 
 
 # ============================================================================================ reading
