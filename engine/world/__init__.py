@@ -19,12 +19,13 @@ from engine.world.paths import (
     return_walk_path,
     walk_path,
 )
-from engine.world.render import RenderOutput, WorldRenderer
+from engine.world.render import RenderOutput, WorldRenderer, shared_renderer
 from engine.world.scene import Motion, Primitive, Scene, SceneConfig, generate_scene
 from engine.world.textures import Material, Texture
 
 __all__ = [
     "CLOSED_KINDS", "PATH_KINDS", "CameraPath", "Material", "Motion", "PathConfig", "PathError", "Primitive",
     "RenderOutput", "Scene", "SceneConfig", "Texture", "WorldRenderer", "forward_back_path", "generate_scene",
-    "look_around_path", "loop_path", "make_path", "orbit_path", "path_is_free", "return_walk_path", "walk_path",
+    "look_around_path", "loop_path", "make_path", "orbit_path", "path_is_free", "return_walk_path", "shared_renderer",
+    "walk_path",
 ]

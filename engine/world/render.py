@@ -254,6 +254,7 @@ class _SceneBuffers:
 
     def __init__(self, ctx, program, meshes, scene: Scene):
         self.vaos, self.buffers, self.tables, self.dynamic = {}, {}, {}, {}
+        self.revision = scene.revision
         for shape in SHAPES:
             prims = [p for p in scene.primitives if p.shape == shape]
             if not prims:
@@ -336,9 +337,13 @@ class WorldRenderer:
     # ---- per-scene GPU state
     def _buffers(self, scene: Scene) -> _SceneBuffers:
         key = id(scene)
-        if key in self._scenes and self._scenes[key][0] is scene:
-            self._scenes.move_to_end(key)
-            return self._scenes[key][1]
+        if key in self._scenes:
+            cached, bufs = self._scenes[key]
+            if cached is scene and bufs.revision == scene.revision:
+                self._scenes.move_to_end(key)
+                return bufs
+            bufs.release()
+            del self._scenes[key]
         bufs = _SceneBuffers(self.ctx, self.program, self.meshes, scene)
         self._scenes[key] = (scene, bufs)
         while len(self._scenes) > SCENE_CACHE:
@@ -434,6 +439,17 @@ class WorldRenderer:
         for obj in (self.fbo, self._depth_rb, *self._targets, self.sky_vao, self._sky_vbo, self.program,
                     self.sky_program, *[b for pair in self.meshes.values() for b in pair]):
             obj.release()
+
+
+_SHARED: dict[tuple[int, int], WorldRenderer] = {}
+
+
+def shared_renderer(width: int, height: int) -> WorldRenderer:
+    """One renderer per resolution per process, for callers that render now and then at a few sizes."""
+    key = (int(width), int(height))
+    if key not in _SHARED:
+        _SHARED[key] = WorldRenderer(*key)
+    return _SHARED[key]
 
 
 def limit_rasterizer_threads(n: int) -> None:

@@ -247,6 +247,7 @@ class Scene:
         self._index()
 
     def _index(self) -> None:
+        self.revision = getattr(self, "revision", -1) + 1  # renderers re-upload a scene whose revision changed
         static = [p for p in self.primitives if not p.dynamic]
         self._static = _Solids(static)
         self._obstacles = _Solids([p for p in static if p.name not in SURFACE_NAMES])

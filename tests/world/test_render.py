@@ -198,3 +198,16 @@ def test_bad_input_is_named(renderer, indoor):
         renderer.render_batch(indoor, np.eye(4)[None], K, np.array([np.nan]))
     with pytest.raises(ValueError, match="K must be"):
         renderer.render(indoor, np.eye(4), np.eye(2))
+
+
+def test_changed_scene_is_uploaded_again(renderer):
+    from engine.world.render import shared_renderer
+
+    scene = _scene([FLOOR])
+    w2c = look_at((0, 1.3, 0), (0, 0.5, 2))
+    K = _K()
+    before = renderer.render(scene, w2c, K)
+    scene.add_primitives([Primitive("sphere", (0.5, 0.5, 0.5), yaw_pose((0, 0.5, 2.0)), MAT, name="ball")])
+    after = renderer.render(scene, w2c, K)
+    assert (after.depth < before.depth - 0.1).sum() > 100, "the new sphere shows up"
+    assert shared_renderer(W, H) is shared_renderer(W, H)
