@@ -32,7 +32,10 @@ class PlaneSweepConfig:
     max_depth: float = 30.0  # metres: farthest plane
     num_planes: int = 96  # planes evenly spaced in inverse depth between the two
     num_neighbors: int = 2  # source frames per reference frame
-    neighbor_gap: int = 1  # preferred distance in frames between a reference and its neighbours (baseline)
+    # neighbours: the frames whose camera centre lies closest to this baseline from the reference (one before and
+    # one after it first, so a pixel occluded on one side is seen on the other); None: pick by index distance
+    neighbor_baseline: float | None = 0.15  # metres: a few percent of indoor depths, the usual stereo ratio
+    neighbor_gap: int = 1  # with neighbor_baseline=None: preferred distance in frames
     window: int = 7  # side of the ZNCC window (odd)
     min_texture: float = 0.01  # intensity std (0..1) in the window below which a pixel cannot be matched
     min_ncc: float = 0.5  # best-plane ZNCC below this is a failed match
@@ -52,18 +55,36 @@ class PlaneSweepConfig:
             raise ValueError(f"window must be odd and >= 3, got {self.window}")
         if self.num_neighbors < 1 or self.neighbor_gap < 1 or self.plane_chunk < 1:
             raise ValueError("num_neighbors, neighbor_gap and plane_chunk must be >= 1")
+        if self.neighbor_baseline is not None and self.neighbor_baseline <= 0:
+            raise ValueError(f"neighbor_baseline must be positive or None, got {self.neighbor_baseline}")
         if not 1 <= self.min_consistent <= self.num_neighbors:
             raise ValueError(f"min_consistent must be in 1..num_neighbors, got {self.min_consistent}")
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def select_neighbors(num_frames: int, count: int, gap: int) -> list[list[int]]:
-    """For each frame, up to `count` other frames whose index distance is closest to `gap` (earlier first on ties)."""
+def select_neighbors(
+    num_frames: int, count: int, gap: int, centers: np.ndarray | None = None, baseline: float | None = None
+) -> list[list[int]]:
+    """Up to `count` source frames per reference frame.
+
+    With `centers` [F, 3] and `baseline`: ranked by |distance between camera centres - baseline|, the best frame
+    before and the best after the reference first (two viewing sides), the rest after them. Otherwise: frames
+    whose index distance is closest to `gap` (earlier first on ties).
+    """
     out = []
     for i in range(num_frames):
         others = [j for j in range(num_frames) if j != i]
-        others.sort(key=lambda j: (abs(abs(j - i) - gap), abs(j - i), j > i))
-        out.append(others[:count])
+        if centers is None or baseline is None:
+            others.sort(key=lambda j: (abs(abs(j - i) - gap), abs(j - i), j > i))
+            out.append(others[:count])
+            continue
+        dist = np.linalg.norm(centers - centers[i], axis=1)
+        score = {j: abs(dist[j] - baseline) for j in others}
+        ranked = sorted(others, key=lambda j: (score[j], abs(j - i)))
+        sides = [min(side, key=lambda j: (score[j], abs(j - i))) for side in ([j for j in others if j < i],
+                                                                              [j for j in others if j > i]) if side]
+        first = sorted(sides, key=lambda j: (score[j], abs(j - i))) if count > 1 else ranked[:1]
+        out.append((first + [j for j in ranked if j not in first])[:count])
     return out
 
 
@@ -293,7 +314,8 @@ class PlaneSweepReconstructor(Reconstructor):
         Kt = torch.from_numpy(K).to(dev)  # [F, 3, 3] float64
         Tt = torch.from_numpy(w2c).to(dev)  # [F, 4, 4] float64
         inv_depths = torch.linspace(1.0 / cfg.max_depth, 1.0 / cfg.min_depth, cfg.num_planes, device=dev)  # [D]
-        neighbors = select_neighbors(Fn, cfg.num_neighbors, cfg.neighbor_gap)
+        centers = np.linalg.inv(w2c)[:, :3, 3]  # [F, 3] camera centres in the world
+        neighbors = select_neighbors(Fn, cfg.num_neighbors, cfg.neighbor_gap, centers, cfg.neighbor_baseline)
         results = [sweep_frame(gray, Kt, Tt, r, neighbors[r], inv_depths, cfg) for r in range(Fn)]
         d = torch.stack([x[0] for x in results])  # [F, H, W]
         conf = torch.stack([x[1] for x in results])

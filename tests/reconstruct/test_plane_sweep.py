@@ -94,6 +94,11 @@ def test_neighbour_selection():
     assert select_neighbors(4, 2, 1) == [[1, 2], [0, 2], [1, 3], [2, 1]]
     assert select_neighbors(6, 2, 2)[3] == [1, 5]  # two frames away on both sides
     assert select_neighbors(2, 3, 1) == [[1], [0]]  # fewer frames than asked: all others
+    # by baseline: frames 5 cm apart, 15 cm wanted -> three frames away, one on each side where possible
+    centers = np.stack([np.arange(10) * 0.05, np.zeros(10), np.zeros(10)], 1)
+    by_baseline = select_neighbors(10, 2, 1, centers, 0.15)
+    assert by_baseline[5] == [2, 8] and by_baseline[0] == [3, 2] and by_baseline[9] == [6, 7]
+    assert select_neighbors(10, 1, 1, centers, 0.15)[5] == [2]
 
 
 @pytest.mark.parametrize(
