@@ -1,11 +1,12 @@
 """Reconstruction backends against true depth: `spatia bench reconstruct --json` prints abs_rel and ms_per_frame.
 
-Frames come from the procedural world (engine.world's generate_scene, a camera path and WorldRenderer) by default,
-or, with `--scene analytic` or when the world cannot render here, from a small analytic scene defined here: a textured room with a box in it, ray-cast exactly in NumPy
-(`analytic_room_views`), so the benchmark and the tests have true depth without any renderer. Each backend
-reconstructs the same frames with the same known cameras; abs_rel is the mean |d - d_true| / d_true over the
-pixels the backend marks valid, `valid_fraction` says how many those are. A backend that cannot run here (the
-optional MapAnything package or its weights missing) is reported as unavailable, with the reason.
+Frames come from the procedural world (engine.world's generate_scene, a camera path and WorldRenderer) by
+default, or, with `--scene analytic` or when the world cannot render here, from a small analytic scene defined
+here: a textured room with a box in it, ray-cast exactly in NumPy (`analytic_room_views`), so the tests too have
+true depth without any renderer. Each backend reconstructs the same frames with the same known cameras; abs_rel
+is the mean |d - d_true| / d_true over the pixels the backend marks valid, and `valid_fraction` says how many
+those are. A backend that cannot run here (the optional MapAnything package or its weights missing) is reported
+as unavailable, with the reason.
 """
 
 from __future__ import annotations
