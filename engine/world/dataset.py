@@ -62,6 +62,8 @@ class DatasetConfig:
         for name in ("scenes", "frames", "width", "height"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"dataset {name} must be a positive integer, got {getattr(self, name)}")
+        if self.frames < 2:
+            raise ValueError(f"dataset frames must be >= 2 (a camera path needs two poses), got {self.frames}")
         if self.fps <= 0:
             raise ValueError(f"dataset fps must be > 0, got {self.fps}")
         if self.seed0 < 0:

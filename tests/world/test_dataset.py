@@ -165,6 +165,7 @@ def test_cli_dataset_and_preview(tmp_path):
     meta = json.loads((out / sequence_name(0) / "meta.json").read_text())
     assert (meta["width"], meta["height"], meta["scene_kind"]) == (32, 24, "outdoor")
     assert spatia(["world", "dataset", "--scenes", "0", "--frames", "4", "--out", str(out)]) == 2
+    assert spatia(["world", "dataset", "--scenes", "1", "--frames", "1", "--out", str(out)]) == 2
     video = tmp_path / "tour.mp4"
     assert spatia(["world", "preview", "--seed", "1", "--out", str(video), "--res", "48x32", "--frames", "12"]) == 0
     import imageio.v3 as iio
