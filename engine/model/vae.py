@@ -55,8 +55,8 @@ class CausalConv3d(nn.Conv3d):
     """3D conv padded only on the past in time (zeros before the first frame, cached frames afterwards).
 
     The weights have the Conv3d layout [Cout, Cin, kt, kh, kw]; the product runs as one 2D convolution over the
-    frames with the kt temporal taps stacked on the channel axis, because PyTorch's CPU conv3d falls back to a slow
-    im2col kernel while conv2d runs on oneDNN (about 10x faster at these sizes)."""
+    frames with the kt temporal taps stacked on the channel axis (`temporal_conv`), because PyTorch's CPU conv3d
+    falls back to a slow im2col kernel while conv2d runs on oneDNN (about 10x faster at these sizes)."""
 
     def __init__(self, cin: int, cout: int, kernel: int | tuple[int, int, int]):
         kernel = (kernel,) * 3 if isinstance(kernel, int) else tuple(kernel)
@@ -64,30 +64,33 @@ class CausalConv3d(nn.Conv3d):
         self.past = kernel[0] - 1  # frames of context each output frame needs
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> torch.Tensor:  # [B, C, T, H, W]
+        xt = x.transpose(1, 2)  # [B, T, C, H, W]
         if self.past > 0:
             prev = None if state is None else state.get(self)
             if prev is None:
-                prev = x.new_zeros(x.shape[0], x.shape[1], self.past, *x.shape[3:])
-            x = torch.cat([prev, x], dim=2)
+                prev = xt.new_zeros(xt.shape[0], self.past, *xt.shape[2:])
+            xt = torch.cat([prev, xt], dim=1)
             if state is not None:
-                state[self] = x[:, :, -self.past :]
-        return temporal_conv(x, self.weight, self.bias, stride=1, padding=self.padding[1:])
+                state[self] = xt[:, -self.past :]
+        return temporal_conv(xt, self.weight, self.bias, 1, self.padding[1:]).transpose(1, 2)
 
 
-def temporal_conv(x: torch.Tensor, weight: torch.Tensor, bias, stride: int, padding) -> torch.Tensor:
+def temporal_conv(xt: torch.Tensor, weight: torch.Tensor, bias, stride: int, padding) -> torch.Tensor:
     """Valid (unpadded) conv along time with temporal `stride`, same-padded in space, via one conv2d.
 
-    x [B, C, T, H, W], weight [Cout, C, kt, kh, kw] -> [B, Cout, (T - kt) // stride + 1, H, W]."""
-    b, c, t, h, w = x.shape
+    Time-major in and out: xt [B, T, C, H, W], weight [Cout, C, kt, kh, kw] -> [B, (T - kt) // stride + 1, Cout,
+    H, W]. Callers hand [B, C, T, H, W] tensors over as `.transpose(1, 2)` views, so activations stay time-major in
+    memory from one conv to the next and the frame batching below needs no transposing copies."""
+    b, t, c, h, w = xt.shape
     kt = weight.shape[2]
     n = (t - kt) // stride + 1
     if kt == 1 and stride == 1:
-        taps = x
-    else:  # [B, kt*C, n, H, W]: tap i of output frame j is input frame j*stride + i
-        taps = torch.cat([x[:, :, i : i + stride * (n - 1) + 1 : stride] for i in range(kt)], dim=1)
+        taps = xt
+    else:  # [B, n, kt*C, H, W]: tap i of output frame j is input frame j*stride + i
+        taps = torch.cat([xt[:, i : i + stride * (n - 1) + 1 : stride] for i in range(kt)], dim=2)
     w2 = weight.transpose(1, 2).reshape(weight.shape[0], kt * c, *weight.shape[3:])  # [Cout, kt*C, kh, kw]
-    y = F.conv2d(_frames_to_images(taps), w2, bias, padding=padding)
-    return _images_to_frames(y, b)
+    y = F.conv2d(taps.reshape(b * n, kt * c, h, w), w2, bias, padding=padding)
+    return y.view(b, n, *y.shape[1:])
 
 
 class ChannelRMSNorm(nn.Module):
@@ -99,7 +102,10 @@ class ChannelRMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim, *((1, 1) if images else (1, 1, 1))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=1) * self.scale * self.gamma
+        # = F.normalize(x, dim=1) * sqrt(C) * gamma (Wan's definition), but a plain sum of squares over the
+        # channel axis is ~20x faster on CPU than the vector_norm kernel F.normalize runs.
+        inv = torch.rsqrt(x.square().sum(1, keepdim=True).clamp_min(1e-24))
+        return x * inv * (self.gamma * self.scale)
 
 
 class TemporalDown(nn.Conv3d):
@@ -118,7 +124,8 @@ class TemporalDown(nn.Conv3d):
             seq = torch.cat([buf, x], dim=2)
         n = (seq.shape[2] - 1) // 2  # complete windows (t, t+1, t+2) at stride 2
         if n > 0:
-            outs.append(temporal_conv(seq[:, :, : 2 * n + 1], self.weight, self.bias, stride=2, padding=(0, 0)))
+            y = temporal_conv(seq[:, :, : 2 * n + 1].transpose(1, 2), self.weight, self.bias, 2, (0, 0))
+            outs.append(y.transpose(1, 2))
         state[self] = seq[:, :, 2 * n :]  # the frame(s) the next window starts from
         return torch.cat(outs, dim=2)
 

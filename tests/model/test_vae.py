@@ -137,9 +137,11 @@ def test_temporal_conv_matches_conv3d():
     x = torch.randn(2, 5, 9, 6, 7)
     w = torch.randn(4, 5, 3, 3, 3)
     b = torch.randn(4)
-    torch.testing.assert_close(temporal_conv(x, w, b, 1, (1, 1)), F.conv3d(x, w, b, padding=(0, 1, 1)))
+    xt = x.transpose(1, 2)  # the function is time-major
+    torch.testing.assert_close(temporal_conv(xt, w, b, 1, (1, 1)).transpose(1, 2), F.conv3d(x, w, b, padding=(0, 1, 1)))
     w1 = torch.randn(4, 5, 3, 1, 1)
-    torch.testing.assert_close(temporal_conv(x, w1, b, 2, (0, 0)), F.conv3d(x, w1, b, stride=(2, 1, 1)))
+    ref = F.conv3d(x, w1, b, stride=(2, 1, 1))
+    torch.testing.assert_close(temporal_conv(xt, w1, b, 2, (0, 0)).transpose(1, 2), ref)
 
 
 def test_causal_conv_pads_only_the_past():
