@@ -1,0 +1,686 @@
+"""The Spatia loop end to end: the only place where memory, model, reconstruction and segmentation meet.
+
+One `WorldSession` holds a spatial memory, the frames generated so far with their cameras, and a world model.
+`generate_chunk` makes one chunk of `cfg.chunk_frames` new frames along given poses:
+
+    retrieve references  ->  render the memory along [history pose | target poses] (scene video + coverage)
+    ->  encode history, references and control with the VAE  ->  sample the target latents with the DiT
+    ->  decode frame by frame (each frame is handed out as soon as it exists)  ->  reconstruct depth
+    ->  segment dynamic regions  ->  insert the static part into the memory  ->  MemoryDelta
+
+Clips chain: the last frame of a chunk is the history of the next. `step` cuts a longer path into chunks. Every
+stage is timed. `build_conditions` is shared with training (`engine.train`), so a training sample is assembled
+exactly the way inference assembles its conditions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from engine import geometry
+from engine.memory.delta import MemoryDelta
+from engine.memory.pointcloud import SpatialMemory
+from engine.memory.primitives import primitive_surface
+from engine.memory.render import render
+from engine.memory.retrieval import Candidate, retrieve
+from engine.model.checkpoint import load_checkpoint
+from engine.model.configs import ModelConfig
+from engine.model.sampler import SamplingCancelled, StepInfo, sample
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+SESSION_FORMAT, SESSION_VERSION = "spatia-session", 1
+
+
+class PipelineError(ValueError):
+    """Bad input to a session (the session itself stays usable); the message says what and how to fix it."""
+
+
+class ChunkCancelled(RuntimeError):
+    """A chunk stopped between sampler steps because the caller asked; the session is unchanged."""
+
+
+# --------------------------------------------------------------------------------------------- the model bundle
+@dataclass
+class WorldModel:
+    """The networks a session generates with (the VAE and the DiT of one config), on one device."""
+
+    cfg: ModelConfig
+    vae: torch.nn.Module
+    dit: torch.nn.Module
+    name: str = "custom"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @classmethod
+    def load(cls, name_or_path: str | Path, device: str = "cpu") -> "WorldModel":
+        """A shipped model by name (`models/<name>/`) or a checkpoint folder written by `save_checkpoint`."""
+        path = Path(name_or_path)
+        if not path.exists():
+            path = MODELS_DIR / str(name_or_path)
+        if not (path / "config.json").is_file():
+            shipped = sorted(p.name for p in MODELS_DIR.iterdir() if (p / "config.json").is_file()) if MODELS_DIR.is_dir() else []
+            raise FileNotFoundError(
+                f"no model checkpoint at {name_or_path!r} (looked for {path / 'config.json'}); shipped models: "
+                f"{shipped or 'none'}; train one with `spatia train`"
+            )
+        ckpt = load_checkpoint(path, device=device)
+        if ckpt.vae is None or ckpt.dit is None:
+            raise FileNotFoundError(f"checkpoint {path} lacks the {'vae' if ckpt.vae is None else 'dit'} weights")
+        return cls(ckpt.cfg, ckpt.vae.eval(), ckpt.dit.eval(), name=path.name, device=torch.device(device))
+
+    @classmethod
+    def random(cls, cfg: ModelConfig, seed: int = 0, device: str = "cpu") -> "WorldModel":
+        """Untrained networks of a config (tests and benchmarks of the mechanics, never the demo)."""
+        from engine.model.dit import SpatiaDiT
+        from engine.model.vae import VideoVAE
+
+        torch.manual_seed(seed)
+        return cls(cfg, VideoVAE(cfg).eval().to(device), SpatiaDiT(cfg).eval().to(device), name=f"{cfg.name}-random",
+                   device=torch.device(device))
+
+
+# --------------------------------------------------------------------------------------------- frames and options
+@dataclass
+class StoredFrame:
+    """A frame of the session's video kept for retrieval and history."""
+
+    index: int
+    rgb: np.ndarray  # [H, W, 3] uint8
+    depth: np.ndarray | None  # [H, W] float32 metric z, or None
+    camera: geometry.Camera
+
+
+@dataclass
+class SessionOptions:
+    retrieval: str = "release"  # "release" or "alg1" (engine.memory.retrieval)
+    num_refs: int | None = None  # None: the model's cfg.num_refs
+    use_scene_video: bool = True  # ablation: no scene video (control branch fed nothing)
+    use_references: bool = True  # ablation: no reference frames
+    reconstruction: str = "model-depth"  # engine.reconstruct backend
+    segmentation: str | None = "residual"  # engine.segment backend, or None to trust every pixel
+    voxel_size: float = 0.02  # memory voxel (m); the paper uses 0.01 m at 720p, the tiny model sees 128 px
+    point_size_growth: float = 0.0  # the release grows the render point size by 0.005 per round
+    candidate_stride: int = 4  # every n-th generated frame is kept as a retrieval candidate
+    update_stride: int = 1  # every n-th new frame updates the memory
+    depth_range: tuple[float, float] = (0.05, 40.0)  # depths trusted for memory updates (m)
+    max_stored_frames: int = 2048  # retrieval candidates kept (oldest dropped beyond it)
+    steps: int | None = None  # sampler steps (None: cfg.sample_steps)
+    seed: int = 0
+
+
+@dataclass
+class Conditions:
+    """Everything the DiT is conditioned on for one chunk (latents normalised, batch of one)."""
+
+    history: torch.Tensor  # [1, z, Fh, h, w]
+    refs: torch.Tensor | None  # [1, z, K, h, w] or None
+    control: torch.Tensor | None  # [1, 2z, Fh + Ft, h, w] or None
+    scene_rgb: torch.Tensor  # [F, 3, H, W] rendered memory along [history | targets], [0, 1]
+    scene_depth: torch.Tensor  # [F, 1, H, W]
+    coverage: torch.Tensor  # [F, 1, H, W]
+    ref_ids: list[tuple[int, float]]
+
+
+@dataclass
+class ChunkResult:
+    clip: int
+    first_frame: int
+    rgb: np.ndarray  # [F, H, W, 3] uint8
+    depth: np.ndarray | None  # [F, H, W] float32
+    w2c: np.ndarray  # [F, 4, 4]
+    delta: MemoryDelta
+    timings: dict[str, float]  # milliseconds per stage
+    references: list[tuple[int, float]]
+    scene_rgb: np.ndarray  # [F, H, W, 3] uint8, the memory rendered along the target poses
+    coverage: np.ndarray  # [F, H, W] bool
+    dynamic: np.ndarray  # [F, H, W] bool, what segmentation kept out of the memory
+
+
+FrameCallback = Callable[[int, np.ndarray, np.ndarray | None, np.ndarray, dict], None]
+
+
+# --------------------------------------------------------------------------------------------- shared with training
+def video_tensor(rgb: np.ndarray | torch.Tensor, depth: np.ndarray | torch.Tensor | None, cfg: ModelConfig) -> torch.Tensor:
+    """uint8 rgb [F, H, W, 3] (+ depth [F, H, W]) -> VAE input [1, C, F, H, W] (rgb in [0, 1], depth metric)."""
+    rgb = torch.as_tensor(np.asarray(rgb)).permute(3, 0, 1, 2).float() / 255.0  # [3, F, H, W]
+    if cfg.depth_channel:
+        d = torch.zeros_like(rgb[:1]) if depth is None else torch.as_tensor(np.asarray(depth, np.float32))[None]
+        rgb = torch.cat([rgb, d], 0)
+    return rgb[None]
+
+
+def build_conditions(
+    model: WorldModel,
+    memory: SpatialMemory | tuple[np.ndarray, np.ndarray],
+    history_rgb: np.ndarray,
+    history_depth: np.ndarray | None,
+    cameras: Sequence[geometry.Camera],
+    refs: Sequence[StoredFrame],
+    ref_ids: list[tuple[int, float]],
+    use_scene_video: bool = True,
+    point_size: float | None = None,
+    ref_latent_cache: dict[int, torch.Tensor] | None = None,
+    timings: dict[str, float] | None = None,
+) -> Conditions:
+    """Encode one chunk's conditions. cameras: [history camera, *target cameras] at the model's resolution."""
+    cfg, vae, dev = model.cfg, model.vae, model.device
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
+    out = render(memory, list(cameras), resolution=(cfg.width, cfg.height), point_size=point_size)
+    timings["render"] = (time.perf_counter() - t0) * 1e3
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        history = vae.encode(video_tensor(history_rgb[None], None if history_depth is None else history_depth[None], cfg).to(dev)).mode()
+        ref_latents = None
+        if refs:
+            cache = {} if ref_latent_cache is None else ref_latent_cache
+            missing = [f for f in refs if f.index not in cache]
+            if missing:
+                vids = torch.cat([video_tensor(f.rgb[None], None if f.depth is None else f.depth[None], cfg) for f in missing])
+                lat = vae.encode(vids.to(dev)).mode()  # [n, z, 1, h, w]: each reference encoded alone
+                for f, z in zip(missing, lat):
+                    cache[f.index] = z
+            ref_latents = torch.stack([cache[f.index] for f in refs], 0).squeeze(2).permute(1, 0, 2, 3)[None]  # [1, z, K, h, w]
+        control = None
+        if use_scene_video:
+            scene = out.rgb.permute(1, 0, 2, 3)[None]  # [1, 3, F, H, W]
+            if cfg.depth_channel:
+                scene = torch.cat([scene, out.depth.permute(1, 0, 2, 3)[None]], 1)
+            control = vae.encode_control(scene.to(dev), out.coverage.permute(1, 0, 2, 3)[None].to(dev))
+    timings["encode"] = (time.perf_counter() - t0) * 1e3
+    return Conditions(history, ref_latents, control, out.rgb, out.depth, out.coverage, ref_ids)
+
+
+def to_uint8(rgb: torch.Tensor) -> np.ndarray:
+    """[..., 3, H, W] in [0, 1] -> [..., H, W, 3] uint8."""
+    return (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).movedim(-3, -1).cpu().numpy()
+
+
+def fit_image(rgb: np.ndarray, depth: np.ndarray | None, intrinsics: np.ndarray, width: int, height: int):
+    """Centre-crop an image (and depth) to the model's aspect and resize it; returns (rgb, depth, intrinsics)."""
+    import cv2
+
+    H, W = rgb.shape[:2]
+    K = geometry.intrinsics_to_K(intrinsics, W, H)
+    target = width / height
+    cw, ch = (W, round(W / target)) if W / H < target else (round(H * target), H)
+    x0, y0 = (W - cw) // 2, (H - ch) // 2
+    K[0, 2] -= x0
+    K[1, 2] -= y0
+    sx, sy = width / cw, height / ch
+    K[0] *= sx
+    K[1] *= sy
+    rgb = cv2.resize(np.ascontiguousarray(rgb[y0 : y0 + ch, x0 : x0 + cw]), (width, height), interpolation=cv2.INTER_AREA)
+    if depth is not None:
+        depth = cv2.resize(np.ascontiguousarray(depth[y0 : y0 + ch, x0 : x0 + cw], np.float32), (width, height),
+                           interpolation=cv2.INTER_NEAREST)
+    return rgb, depth, geometry.K_to_intrinsics(K, width, height)
+
+
+# --------------------------------------------------------------------------------------------- the session
+class WorldSession:
+    """A memory, the video generated so far, and a model: generate chunk after chunk, edit, save and load."""
+
+    def __init__(self, model: WorldModel, options: SessionOptions | None = None, prompt: str = ""):
+        from engine.reconstruct import get_reconstructor
+        from engine.segment import get_segmenter
+
+        self.model = model
+        self.cfg = model.cfg
+        self.options = options or SessionOptions()
+        self.prompt = prompt
+        self.memory = SpatialMemory(voxel_size=self.options.voxel_size)
+        self.frames: list[StoredFrame] = []  # retrieval candidates and the history frame
+        self.num_frames = 0  # frames in the session's video (start frame included)
+        self.clip = 0
+        self.reconstructor = get_reconstructor(self.options.reconstruction)
+        if self.reconstructor.needs_depth and not self.cfg.depth_channel:
+            raise PipelineError(
+                f"reconstruction {self.options.reconstruction!r} needs generated depth, but model {model.name!r} "
+                "makes RGB only: use reconstruction='plane-sweep' or 'mapanything'"
+            )
+        self.segmenter = get_segmenter(self.options.segmentation) if self.options.segmentation else None
+        self._ref_cache: dict[int, torch.Tensor] = {}
+        self._undo: list[Callable[[], MemoryDelta]] = []
+        self._generator = torch.Generator().manual_seed(self.options.seed)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def width(self) -> int:
+        return self.cfg.width
+
+    @property
+    def height(self) -> int:
+        return self.cfg.height
+
+    @property
+    def chunk_frames(self) -> int:
+        return self.cfg.chunk_frames
+
+    @property
+    def last_frame(self) -> StoredFrame:
+        if not self.frames:
+            raise PipelineError("the session has no start frame yet: open it from a scene, an image or points")
+        return self.frames[-1]
+
+    def camera(self, w2c: np.ndarray, intrinsics: np.ndarray) -> geometry.Camera:
+        return geometry.Camera.from_normalized(w2c, intrinsics, self.width, self.height)
+
+    # ------------------------------------------------------------------ opening
+    def _start(self, rgb: np.ndarray, depth: np.ndarray | None, w2c: np.ndarray, intrinsics: np.ndarray,
+               exclude: np.ndarray | None = None) -> MemoryDelta:
+        self._reset()
+        cam = self.camera(w2c, intrinsics)
+        self.frames.append(StoredFrame(0, rgb, depth, cam))
+        self.num_frames = 1
+        if depth is None:
+            return self.memory.snapshot()
+        return self.memory.insert_rgbd(rgb, depth.astype(np.float32), cam.K, cam.w2c, frame_id=0, exclude=exclude,
+                                       depth_range=self.options.depth_range)
+
+    def _reset(self) -> None:
+        self.memory = SpatialMemory(voxel_size=self.options.voxel_size)
+        self.frames, self.num_frames, self.clip = [], 0, 0
+        self._ref_cache.clear()
+        self._undo.clear()
+        if self.segmenter is not None:
+            self.segmenter.reset()
+
+    def open_rgbd(self, rgb: np.ndarray, depth: np.ndarray, w2c: np.ndarray, intrinsics: np.ndarray,
+                  exclude: np.ndarray | None = None) -> MemoryDelta:
+        """Start from an image with metric depth: the memory is its unprojection (dynamic pixels excluded)."""
+        rgb, depth, w2c, intrinsics = self._check_image(rgb, depth, w2c, intrinsics)
+        if exclude is not None:
+            exclude = np.asarray(exclude, bool)
+            if exclude.shape != depth.shape:
+                raise PipelineError(f"mask of shape {exclude.shape} does not match the image {depth.shape}")
+        rgb, depth, intrinsics = self._fit(rgb, depth, intrinsics, exclude)
+        return self._start(rgb, depth, w2c, intrinsics, exclude=self._fitted_exclude)
+
+    def open_points(self, xyz: np.ndarray, rgb: np.ndarray, w2c: np.ndarray, intrinsics: np.ndarray) -> MemoryDelta:
+        """Start from a point cloud (a PLY's points); the start frame is the memory rendered at the start pose."""
+        w2c = self._check_pose(w2c)
+        intrinsics = self._check_intrinsics(intrinsics)
+        self._reset()
+        self.memory.insert_points(np.asarray(xyz, np.float32), np.asarray(rgb, np.uint8), frame_id=-1)
+        cam = self.camera(w2c, intrinsics)
+        out = render(self.memory, [cam])
+        start_rgb = to_uint8(out.rgb[0])
+        start_depth = out.depth[0, 0].numpy() if self.cfg.depth_channel else None
+        self.frames.append(StoredFrame(0, start_rgb, start_depth, cam))
+        self.num_frames = 1
+        return self.memory.snapshot()
+
+    def open_ply(self, path: str | Path, w2c: np.ndarray, intrinsics: np.ndarray) -> MemoryDelta:
+        mem = SpatialMemory.from_ply(path, voxel_size=self.options.voxel_size)
+        return self.open_points(mem.xyz, mem.rgb, w2c, intrinsics)
+
+    def open_image(self, rgb: np.ndarray, w2c: np.ndarray, intrinsics: np.ndarray, exclude=None) -> MemoryDelta:
+        """Start from an image alone: its depth comes from MapAnything (needs the package and local weights)."""
+        from engine.reconstruct import ReconstructorUnavailable, get_reconstructor
+
+        rgb, _, w2c, intrinsics = self._check_image(rgb, None, w2c, intrinsics)
+        try:
+            recon = get_reconstructor("mapanything")
+        except ReconstructorUnavailable as e:
+            raise PipelineError(
+                f"an image alone needs a depth estimate, and MapAnything is not available here ({e}). Inputs that work "
+                "without it: an image with a depth map, a PLY point cloud, or a procedural scene seed"
+            ) from e
+        H, W = rgb.shape[:2]
+        K = geometry.intrinsics_to_K(intrinsics, W, H)
+        rec = recon.reconstruct(rgb[None], K[None], w2c[None])
+        depth = np.where(rec.valid[0], rec.depth[0], 0).astype(np.float32)
+        return self.open_rgbd(rgb, depth, w2c, intrinsics, exclude=exclude)
+
+    def open_procedural(self, seed: int, kind: str = "auto", init_views: int = 1) -> MemoryDelta:
+        """Start in the procedural world: its first frame with true depth (plus `init_views - 1` extra views from
+        the start position, turning in place, for a richer starting memory)."""
+        from engine.world.paths import walk_path
+        from engine.world.render import WorldRenderer
+        from engine.world.scene import generate_scene
+
+        scene = generate_scene(int(seed), kind=kind)
+        path = walk_path(scene, 2, seed=int(seed), aspect=self.width / self.height)
+        intr = path.intrinsics
+        renderer = WorldRenderer(self.width, self.height)
+        try:
+            start = path.w2c[0]
+            cam = self.camera(start, intr)
+            first = renderer.render(scene, cam.w2c, cam.K)
+            delta = self._start(first.rgb, first.depth.astype(np.float32), start, intr, exclude=first.ids > 0)
+            c2w = geometry.invert_se3(start)
+            for i in range(1, int(init_views)):
+                yaw = 2 * math.pi * i / init_views
+                R = np.array([[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0], [-math.sin(yaw), 0, math.cos(yaw)]])
+                turned = c2w.copy()
+                turned[:3, :3] = R @ c2w[:3, :3]
+                view_w2c = geometry.invert_se3(turned)
+                out = renderer.render(scene, view_w2c, cam.K)
+                vcam = self.camera(view_w2c, intr)
+                delta = delta.merge(self.memory.insert_rgbd(out.rgb, out.depth.astype(np.float32), vcam.K, vcam.w2c,
+                                                            frame_id=-1, exclude=out.ids > 0,
+                                                            depth_range=self.options.depth_range))
+        finally:
+            renderer.release()
+        self.scene = scene
+        return delta
+
+    # ------------------------------------------------------------------ input checks
+    _fitted_exclude: np.ndarray | None = None
+
+    def _fit(self, rgb, depth, intrinsics, exclude):
+        if rgb.shape[:2] == (self.height, self.width):
+            self._fitted_exclude = exclude
+            return rgb, depth, intrinsics
+        H, W = rgb.shape[:2]
+        fitted_rgb, fitted_depth, fitted_intr = fit_image(rgb, depth, intrinsics, self.width, self.height)
+        if exclude is not None:
+            m, _, _ = fit_image(np.repeat(exclude[..., None].astype(np.uint8) * 255, 3, -1), None, intrinsics,
+                                self.width, self.height)
+            exclude = m[..., 0] > 127
+        self._fitted_exclude = exclude
+        return fitted_rgb, fitted_depth, fitted_intr
+
+    @staticmethod
+    def _check_pose(w2c) -> np.ndarray:
+        w2c = np.asarray(w2c, np.float64)
+        if w2c.shape not in ((4, 4), (3, 4)):
+            raise PipelineError(f"a pose must be a 3x4 or 4x4 world-to-camera matrix, got shape {w2c.shape}")
+        if not np.isfinite(w2c).all():
+            raise PipelineError("the pose contains NaN or inf")
+        w2c = geometry.as_se3(w2c)
+        if geometry.rotation_error(w2c[:3, :3]) > geometry.ORTHONORMAL_TOL:
+            raise PipelineError("the pose's rotation is not orthonormal")
+        return w2c
+
+    @staticmethod
+    def _check_intrinsics(intrinsics) -> np.ndarray:
+        intr = np.asarray(intrinsics, np.float64).reshape(-1)
+        if intr.shape != (4,) or not np.isfinite(intr).all() or intr[0] <= 0 or intr[1] <= 0:
+            raise PipelineError(f"intrinsics must be four finite numbers [fx fy cx cy] with positive focals, got {intr.tolist()}")
+        return intr
+
+    def _check_image(self, rgb, depth, w2c, intrinsics):
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 8:
+            raise PipelineError(f"the image must be uint8 [H, W, 3] (at least 8x8), got {rgb.dtype} {rgb.shape}")
+        if depth is not None:
+            depth = np.asarray(depth, np.float32)
+            if depth.shape != rgb.shape[:2]:
+                raise PipelineError(f"depth of shape {depth.shape} does not match the image {rgb.shape[:2]}")
+            depth = np.where(np.isfinite(depth), depth, 0).astype(np.float32)
+        return rgb, depth, self._check_pose(w2c), self._check_intrinsics(intrinsics)
+
+    def check_trajectory(self, w2c: np.ndarray, intrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w2c = np.asarray(w2c, np.float64)
+        if w2c.ndim != 3 or w2c.shape[1:] not in ((4, 4), (3, 4)) or len(w2c) == 0:
+            raise PipelineError(f"a trajectory must be [N, 4, 4] (or [N, 3, 4]) poses, got shape {w2c.shape}")
+        bad = np.flatnonzero(~np.isfinite(w2c).reshape(len(w2c), -1).all(1))
+        if len(bad):
+            raise PipelineError(f"trajectory pose {int(bad[0])} contains NaN or inf")
+        w2c = geometry.as_se3(w2c)
+        err = geometry.rotation_error(w2c[:, :3, :3])
+        if (err > geometry.ORTHONORMAL_TOL).any():
+            raise PipelineError(f"trajectory pose {int(np.argmax(err))} has a rotation that is not orthonormal")
+        return w2c, self._check_intrinsics(intrinsics)
+
+    # ------------------------------------------------------------------ generation
+    def step(self, w2c: np.ndarray, intrinsics: np.ndarray, prompt: str | None = None, on_frame: FrameCallback | None = None,
+             should_stop: Callable[[], bool] | None = None) -> list[ChunkResult]:
+        """Generate along N poses: ceil(N / chunk_frames) chunks; the last chunk repeats the final pose if short."""
+        w2c, intrinsics = self.check_trajectory(w2c, intrinsics)
+        results = []
+        for start in range(0, len(w2c), self.chunk_frames):
+            part = w2c[start : start + self.chunk_frames]
+            results.append(self.generate_chunk(part, intrinsics, prompt, on_frame, should_stop))
+        return results
+
+    def generate_chunk(self, w2c: np.ndarray, intrinsics: np.ndarray, prompt: str | None = None,
+                       on_frame: FrameCallback | None = None, should_stop: Callable[[], bool] | None = None) -> ChunkResult:
+        """One chunk of `chunk_frames` frames along w2c [<= chunk_frames, 4, 4] (padded with its last pose).
+
+        on_frame(index, rgb [H, W, 3], depth [H, W] | None, w2c [4, 4], timings) is called as each frame is decoded.
+        should_stop() is polled between sampler steps; True raises ChunkCancelled and leaves the session unchanged.
+        """
+        w2c, intrinsics = self.check_trajectory(w2c, intrinsics)
+        if len(w2c) > self.chunk_frames:
+            raise PipelineError(f"a chunk takes at most {self.chunk_frames} poses, got {len(w2c)}; use step()")
+        if prompt:
+            self.prompt = prompt
+        cfg, opt, model = self.cfg, self.options, self.model
+        n_new = len(w2c)
+        poses = np.concatenate([w2c, np.repeat(w2c[-1:], self.chunk_frames - n_new, 0)])
+        history = self.last_frame
+        targets = [self.camera(p, intrinsics) for p in poses]
+        timings: dict[str, float] = {}
+        t_start = time.perf_counter()
+
+        # retrieval
+        t0 = time.perf_counter()
+        k = cfg.num_refs if opt.num_refs is None else min(opt.num_refs, cfg.num_refs)
+        ref_ids: list[tuple[int, float]] = []
+        if opt.use_references and k > 0 and len(self.frames) > 1:
+            candidates = [Candidate(f.index, f.camera, self._frame_points(f) if opt.retrieval == "alg1" else None)
+                          for f in self.frames[:-1]]
+            ref_ids = retrieve(opt.retrieval, targets, candidates, self.memory, k=k)
+        by_index = {f.index: f for f in self.frames}
+        refs = [by_index[i] for i, _ in ref_ids]
+        timings["retrieval"] = (time.perf_counter() - t0) * 1e3
+
+        # conditions: scene video, coverage, latents
+        point_size = opt.voxel_size + opt.point_size_growth * self.clip
+        cond = build_conditions(model, self.memory, history.rgb, history.depth, [history.camera, *targets], refs, ref_ids,
+                                use_scene_video=opt.use_scene_video, point_size=point_size,
+                                ref_latent_cache=self._ref_cache, timings=timings)
+
+        # sampling, cancellable between steps
+        def callback(info: StepInfo) -> bool:
+            timings[f"step_{info.step}"] = info.step_ms
+            return bool(should_stop and should_stop())
+
+        t0 = time.perf_counter()
+        try:
+            with torch.no_grad():
+                latents = sample(model.dit, cfg, history=cond.history, refs=cond.refs, control=cond.control,
+                                 target_frames=cfg.chunk_latent_frames, steps=opt.steps, generator=self._generator,
+                                 callback=callback)
+        except SamplingCancelled as e:
+            raise ChunkCancelled(str(e)) from e
+        timings["sample"] = (time.perf_counter() - t0) * 1e3
+
+        # streaming decode: the history latent warms the causal cache, then each target latent yields frames
+        t0 = time.perf_counter()
+        first_index = self.num_frames
+        rgb_out, depth_out = [], []
+        with torch.no_grad():
+            cache = model.vae.new_decode_cache()
+            model.vae.decode_step(cond.history, cache)
+            produced = 0
+            for i in range(latents.shape[2]):
+                video = model.vae.decode_step(latents[:, :, i : i + 1], cache)[0]  # [C, n, H, W]
+                for j in range(video.shape[1]):
+                    if produced >= n_new:
+                        break
+                    rgb = to_uint8(video[:3, j])
+                    depth = video[3, j].float().cpu().numpy() if cfg.depth_channel else None
+                    rgb_out.append(rgb)
+                    depth_out.append(depth)
+                    if on_frame is not None:
+                        on_frame(first_index + produced, rgb, depth, poses[produced],
+                                 {"decode": (time.perf_counter() - t0) * 1e3, "since_start": (time.perf_counter() - t_start) * 1e3})
+                    produced += 1
+        timings["decode"] = (time.perf_counter() - t0) * 1e3
+        rgb_arr = np.stack(rgb_out)  # [F, H, W, 3]
+        depth_arr = np.stack(depth_out) if cfg.depth_channel else None
+        Ks = np.stack([c.K for c in targets[:n_new]])
+
+        # reconstruction
+        t0 = time.perf_counter()
+        recon = self.reconstructor.reconstruct(rgb_arr, Ks, poses[:n_new], depth_arr)
+        timings["reconstruct"] = (time.perf_counter() - t0) * 1e3
+
+        # segmentation of dynamic regions against the memory's own render at the same poses
+        t0 = time.perf_counter()
+        scene_rgb = to_uint8(cond.scene_rgb[1 : 1 + n_new])
+        scene_depth = cond.scene_depth[1 : 1 + n_new, 0].numpy()
+        coverage = cond.coverage[1 : 1 + n_new, 0].numpy() > 0.5
+        dynamic = np.zeros(rgb_arr.shape[:3], bool)
+        if self.segmenter is not None:
+            dynamic = self.segmenter.segment(rgb_arr, depth=recon.depth, render_rgb=scene_rgb, render_depth=scene_depth,
+                                             coverage=coverage)
+        timings["segment"] = (time.perf_counter() - t0) * 1e3
+
+        # memory update with the static, valid pixels
+        t0 = time.perf_counter()
+        delta = MemoryDelta.empty(self.memory.version)
+        for i in range(0, n_new, max(1, opt.update_stride)):
+            keep = recon.valid[i] & ~dynamic[i]
+            depth_i = np.where(keep, recon.depth[i], np.nan).astype(np.float32)
+            delta = delta.merge(self.memory.insert_rgbd(rgb_arr[i], depth_i, Ks[i], poses[i], frame_id=first_index + i,
+                                                        confidence=recon.confidence[i], depth_range=opt.depth_range))
+        timings["update"] = (time.perf_counter() - t0) * 1e3
+
+        # bookkeeping: new frames become candidates (every n-th) and the last one the next history
+        for i in range(n_new):
+            index = first_index + i
+            if i == n_new - 1 or index % max(1, opt.candidate_stride) == 0:
+                self.frames.append(StoredFrame(index, rgb_arr[i], None if depth_arr is None else depth_arr[i], targets[i]))
+        self._drop_old_frames()
+        self.num_frames += n_new
+        self.clip += 1
+        timings["total"] = (time.perf_counter() - t_start) * 1e3
+        return ChunkResult(self.clip - 1, first_index, rgb_arr, depth_arr, poses[:n_new], delta, timings, ref_ids,
+                           scene_rgb, coverage, dynamic)
+
+    def _frame_points(self, frame: StoredFrame, max_points: int = 4096) -> np.ndarray | None:
+        if frame.depth is None:
+            return None
+        pts = geometry.unproject(frame.depth, frame.camera.K, frame.camera.w2c).reshape(-1, 3)
+        valid = (frame.depth.reshape(-1) > self.options.depth_range[0]) & (frame.depth.reshape(-1) < self.options.depth_range[1])
+        pts = pts[valid]
+        if len(pts) > max_points:
+            pts = pts[np.random.default_rng(frame.index).choice(len(pts), max_points, replace=False)]
+        return pts.astype(np.float32)
+
+    def _drop_old_frames(self) -> None:
+        excess = len(self.frames) - self.options.max_stored_frames
+        if excess > 0:
+            for f in self.frames[:excess]:
+                self._ref_cache.pop(f.index, None)
+            self.frames = self.frames[excess:]
+
+    # ------------------------------------------------------------------ editing (the next scene video shows it)
+    def remove_box(self, lo, hi) -> MemoryDelta:
+        return self._removal(self.memory.select_box(lo, hi))
+
+    def remove_ids(self, ids) -> MemoryDelta:
+        ids = np.asarray(ids, np.int64)
+        return self._removal(ids[np.isin(ids, self.memory.ids)])
+
+    def remove_in_rect(self, camera: geometry.Camera, rect) -> MemoryDelta:
+        return self._removal(self.memory.select_in_rect(camera, rect, visible_only=True))
+
+    def _removal(self, ids: np.ndarray) -> MemoryDelta:
+        rows = self.memory.rows_of(ids)
+        xyz, rgb, conf = self.memory.xyz[rows].copy(), self.memory.rgb[rows].copy(), self.memory.confidence[rows].copy()
+        delta = self.memory.remove_ids(ids)
+        self._undo.append(lambda: self.memory.insert_points(xyz, rgb, conf))
+        return delta
+
+    def recolor(self, ids, rgb) -> MemoryDelta:
+        """New colours rgb [M, 3] (or one [3]) for the points with these ids; unknown ids are skipped."""
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        rgb = np.broadcast_to(np.asarray(rgb, np.uint8), (len(ids), 3))
+        known = np.isin(ids, self.memory.ids)
+        ids, rgb = ids[known], rgb[known]
+        old = self.memory.rgb[self.memory.rows_of(ids)].copy()
+        delta = self.memory.recolor(ids, rgb)
+
+        def restore() -> MemoryDelta:
+            alive = np.isin(ids, self.memory.ids)
+            return self.memory.recolor(ids[alive], old[alive])
+
+        self._undo.append(restore)
+        return delta
+
+    def insert_primitive(self, shape: str, center, size, rgb) -> MemoryDelta:
+        pts = primitive_surface(shape, center, size, spacing=self.memory.voxel_size)
+        return self.insert_points(pts, np.broadcast_to(np.asarray(rgb, np.uint8), pts.shape).copy())
+
+    def insert_points(self, xyz, rgb) -> MemoryDelta:
+        delta = self.memory.insert_points(xyz, rgb, confidence=np.full(len(xyz), 2.0, np.float32))
+        added = delta.added_ids.copy()
+        self._undo.append(lambda: self.memory.remove_ids(added[np.isin(added, self.memory.ids)]))
+        return delta
+
+    def undo(self) -> MemoryDelta:
+        if not self._undo:
+            raise PipelineError("nothing to undo")
+        return self._undo.pop()()
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | Path) -> Path:
+        """Write the session atomically: a temporary folder beside `directory`, then a rename over it."""
+        directory = Path(directory)
+        tmp = directory.with_name(f".{directory.name}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        self.memory.save(tmp / "memory.safetensors")
+        arrays = {
+            "index": np.array([f.index for f in self.frames], np.int64),
+            "rgb": np.stack([f.rgb for f in self.frames]) if self.frames else np.zeros((0, self.height, self.width, 3), np.uint8),
+            "w2c": np.stack([f.camera.w2c for f in self.frames]) if self.frames else np.zeros((0, 4, 4)),
+            "K": np.stack([f.camera.K for f in self.frames]) if self.frames else np.zeros((0, 3, 3)),
+        }
+        if self.frames and self.frames[0].depth is not None:
+            arrays["depth"] = np.stack([f.depth for f in self.frames])
+        np.savez(tmp / "frames.npz", **arrays)
+        meta = {"format": SESSION_FORMAT, "version": SESSION_VERSION, "model": self.model.name,
+                "width": self.width, "height": self.height, "num_frames": self.num_frames, "clip": self.clip,
+                "prompt": self.prompt, "options": asdict(self.options)}
+        (tmp / "session.json").write_text(json.dumps(meta, indent=1))
+        old = directory.with_name(f".{directory.name}.old")
+        if directory.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old.exists():
+            shutil.rmtree(old)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, model: WorldModel) -> "WorldSession":
+        directory = Path(directory)
+        meta_file = directory / "session.json"
+        try:
+            meta = json.loads(meta_file.read_text())
+            if meta.get("format") != SESSION_FORMAT:
+                raise ValueError(f"format is {meta.get('format')!r}, not {SESSION_FORMAT!r}")
+            if (meta["width"], meta["height"]) != (model.cfg.width, model.cfg.height):
+                raise ValueError(f"saved at {meta['width']}x{meta['height']}, the model makes {model.cfg.width}x{model.cfg.height}")
+            options = SessionOptions(**{**meta["options"], "depth_range": tuple(meta["options"]["depth_range"])})
+            session = cls(model, options, prompt=meta.get("prompt", ""))
+            session.memory = SpatialMemory.load(directory / "memory.safetensors")
+            with np.load(directory / "frames.npz") as z:
+                depth = z["depth"] if "depth" in z else None
+                session.frames = [
+                    StoredFrame(int(i), z["rgb"][n], None if depth is None else depth[n],
+                                geometry.Camera(z["w2c"][n], z["K"][n], model.cfg.width, model.cfg.height))
+                    for n, i in enumerate(z["index"])
+                ]
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+            raise PipelineError(f"cannot load session {directory}: {e}") from e
+        session.num_frames, session.clip = int(meta["num_frames"]), int(meta["clip"])
+        return session
