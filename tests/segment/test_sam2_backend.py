@@ -80,6 +80,10 @@ def test_missing_checkpoint_is_a_clear_error(monkeypatch, tmp_path):
     missing = tmp_path / "sam2.1_hiera_tiny.pt"
     with pytest.raises(SegmenterUnavailable, match=f"tried {missing}"):
         get_segmenter("sam2", checkpoint=str(missing))
+    broken = tmp_path / "sam2.1_hiera_tiny.pt"  # a released file name: its config is known, the file is not
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(SegmenterUnavailable, match=r"could not build configs/sam2.1/sam2.1_hiera_t.yaml from .*tiny"):
+        get_segmenter("sam2", checkpoint=str(broken), device="cpu")
     odd = tmp_path / "my_model.pt"
     odd.write_bytes(b"")
     with pytest.raises(ValueError, match="pass config="):
