@@ -25,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    parser.add_argument("--peak-size", type=int, default=2048, help="matrix size of the matmul peak measurement")
 
 
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> dict:
             chunk_times.append((time.perf_counter() - t0) * 1e3)
 
     chunk_ms = statistics.median(chunk_times)
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(args.peak_size)
     gflops_per_step = flops_forward * passes / 1e9
     achieved = flops_forward / 1e9 / (dit_step_ms / 1e3)
     return {

@@ -1,0 +1,46 @@
+"""`spatia bench model`: the report's fields and the FLOP count (attention included); the speed goal (slow)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.bench import model as bench
+
+
+def _args(**kw) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args([f"--{k.replace('_', '-')}={v}" for k, v in kw.items()])
+
+
+def test_flop_count_includes_attention():
+    b, h, n, d = 2, 3, 40, 16
+    q, k, v = (torch.randn(b, h, n, d) for _ in range(3))
+    assert bench.count_flops(lambda: F.scaled_dot_product_attention(q, k, v)) == 4 * b * h * n * n * d
+    a, m = torch.randn(8, 32), torch.randn(32, 5)
+    assert bench.count_flops(lambda: a @ m) == 2 * 8 * 32 * 5
+
+
+def test_report_fields_and_consistency():
+    out = bench.run(_args(config="tiny", steps=1, repeat=1, warmup=0, peak_size=256))
+    for key in ("params_dit", "params_vae", "gflops_per_step", "dit_step_ms", "vae_decode_ms_per_frame",
+                "chunk_frames", "chunk_ms", "fps", "first_frame_ms", "peak_gflops", "achieved_gflops",
+                "control_encode_ms", "machine"):  # fmt: skip
+        assert key in out, key
+    assert out["chunk_frames"] == 8 and out["tokens"] == (3 + 1 + 2) * 64 and out["steps"] == 1
+    assert out["fps"] == pytest.approx(out["chunk_frames"] / (out["chunk_ms"] / 1e3), rel=0.01)
+    assert 0 < out["first_frame_ms"] <= out["chunk_ms"]
+    assert out["gflops_per_step"] > 5.0  # ~7 GFLOP: 9 blocks over 384 tokens plus attention
+    assert out["machine"]["torch_threads"] >= 1
+
+
+@pytest.mark.slow
+def test_tiny_is_real_time():
+    """The goal: >= 16 fps at 128x128 with 4 steps (on an otherwise idle 2-core machine)."""
+    out = bench.run(_args(config="tiny", repeat=5, warmup=2))
+    assert out["fps"] >= 16, out
+    assert out["peak_gflops"] / out["achieved_gflops"] <= 3, out
