@@ -31,10 +31,11 @@ WITHOUT_IT = (
     "'masks' (replays user mask files)"
 )
 INSTALL_HINT = (
-    "install it with `SAM2_BUILD_CUDA=0 pip install --no-build-isolation --no-deps sam2` then "
+    "install it with `SAM2_BUILD_CUDA=0 pip install --no-build-isolation --no-deps 'sam2>=1.1'` then "
     "`pip install hydra-core iopath` (no-deps: sam2 pins a torchvision that this torch cannot sit beside, "
     "and the video predictor does not need it)"
 )
+MIN_VERSION = (1, 1)  # the per-object inference-state layout `_new_state` mirrors
 BACKBONE_STRIDE = 16  # SAM 2's image embedding is image_size / 16 on a side (its `backbone_stride`)
 
 
@@ -56,6 +57,17 @@ class Sam2Config:
 def _import_sam2():
     if importlib.util.find_spec("sam2") is None:
         raise SegmenterUnavailable(f"sam2 backend: the `sam2` package is not installed; {INSTALL_HINT}; {WITHOUT_IT}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("sam2")
+    except PackageNotFoundError:
+        found = None  # a source checkout on the path: trust it
+    if found is not None and tuple(int(p) for p in found.split(".")[:2] if p.isdigit()) < MIN_VERSION:
+        raise SegmenterUnavailable(
+            f"sam2 backend: sam2 {found} is installed, this backend drives the video predictor state of "
+            f"{'.'.join(map(str, MIN_VERSION))}+; {INSTALL_HINT}; {WITHOUT_IT}"
+        )
     try:
         from sam2 import build_sam
         from sam2.utils import misc
