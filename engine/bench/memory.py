@@ -77,29 +77,43 @@ def memory_bandwidth_gbps(mb: int = 64) -> float:
 
 
 # --------------------------------------------------------------------------------------------- scene
-def room_views(n: int, size: int, seed: int, fov_deg: float = 70.0):
-    """n RGB-D views of the analytic room from random poses inside it: list of (rgb, depth, K, w2c)."""
-    from engine.bench.reconstruct import AnalyticRoom, render_analytic
-    from engine.geometry import fov_to_intrinsics, intrinsics_to_K, look_at
+def room_poses(n: int, seed: int) -> list[np.ndarray]:
+    """n world-to-camera poses at random places inside the analytic room (off its box), looking around."""
+    from engine.bench.reconstruct import AnalyticRoom
+    from engine.geometry import look_at
 
     room = AnalyticRoom()
-    tex = room.textures()
     rng = np.random.default_rng(seed)
     lo, hi = np.array(room.room_min) + 0.5, np.array(room.room_max) - 0.5
-    K = intrinsics_to_K(fov_to_intrinsics(fov_deg), size, size)
-    views = []
-    while len(views) < n:
+    box_lo, box_hi = np.array(room.box_min) - 0.3, np.array(room.box_max) + 0.3
+    poses = []
+    while len(poses) < n:
         eye = rng.uniform(lo, hi)
         eye[1] = rng.uniform(1.0, 2.0)
         ang = rng.uniform(0, 2 * np.pi)
-        target = eye + np.array([np.cos(ang), rng.uniform(-0.4, 0.2), np.sin(ang)])
-        inside_box = np.all(eye >= np.array(room.box_min) - 0.3) and np.all(eye <= np.array(room.box_max) + 0.3)
-        if inside_box:
+        if np.all(eye >= box_lo) and np.all(eye <= box_hi):
             continue
-        w2c = look_at(eye, target)
-        rgb, depth = render_analytic(room, w2c, K, size, size, True, tex)
-        views.append((rgb, depth, K, w2c))
-    return views
+        poses.append(look_at(eye, eye + np.array([np.cos(ang), rng.uniform(-0.4, 0.2), np.sin(ang)])))
+    return poses
+
+
+def room_views(n: int, size: int, seed: int, fov_deg: float = 70.0):
+    """n RGB-D views of the analytic room from `room_poses`: list of (rgb, depth, K, w2c)."""
+    from engine.bench.reconstruct import AnalyticRoom, render_analytic
+    from engine.geometry import fov_to_intrinsics, intrinsics_to_K
+
+    room = AnalyticRoom()
+    tex = room.textures()
+    K = intrinsics_to_K(fov_to_intrinsics(fov_deg), size, size)
+    return [(*render_analytic(room, w2c, K, size, size, True, tex), K, w2c) for w2c in room_poses(n, seed)]
+
+
+def room_cameras(n: int, size: int, seed: int, fov_deg: float = 70.0):
+    """Cameras at `room_poses` (no rendering: retrieval and render timing need poses only)."""
+    from engine.geometry import Camera, fov_to_intrinsics, intrinsics_to_K
+
+    K = intrinsics_to_K(fov_to_intrinsics(fov_deg), size, size)
+    return [Camera(w2c, K, size, size) for w2c in room_poses(n, seed)]
 
 
 def build_memory(points: int, size: int, voxel: float, seed: int):
@@ -119,12 +133,6 @@ def build_memory(points: int, size: int, voxel: float, seed: int):
     return mem
 
 
-def cameras_from(views, size: int):
-    from engine.geometry import Camera
-
-    return [Camera(w2c, K, size, size) for _, _, K, w2c in views]
-
-
 # --------------------------------------------------------------------------------------------- benchmark
 def run(args: argparse.Namespace) -> dict:
     import torch
@@ -137,39 +145,17 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     gbps = memory_bandwidth_gbps()
     size, repeat = args.size, max(1, args.repeat)
-    result: dict = {"machine": machine_info(), "process_tuning": tuning, "memory_bandwidth_gbps": round(gbps, 2)}
+    result: dict = {"machine": machine_info(), "process_tuning": tuning, "memory_bandwidth_gbps": round(gbps, 2),
+                    "load_average_1m_start": round(os.getloadavg()[0], 2)}
 
     t0 = time.perf_counter()
     mem = build_memory(args.points, size, args.voxel, args.seed)
     result["memory_points"] = len(mem)
     result["build_s"] = round(time.perf_counter() - t0, 2)
-
-    # insert: fresh views (new poses) into the memory holding `points` points; each timed once, median taken
-    views = room_views(repeat + 2, size, args.seed + 7)
-    times, valid, added = [], [], []
-    for j, (rgb, depth, K, w2c) in enumerate(views):
-        t = time.perf_counter()
-        delta = mem.insert_rgbd(rgb, depth, K, w2c, frame_id=100_000 + j)
-        times.append(time.perf_counter() - t)
-        valid.append(int(np.isfinite(depth).sum()))
-        added.append(delta.num_added)
-    times, valid, added = times[2:], valid[2:], added[2:]  # the first two warm caches and allocations
-    ms = float(np.median(times)) * 1e3
-    px = float(np.median(valid))
-    result["insert_mpts_per_s"] = round(px / ms / 1e3, 3)
-    result["insert_ms_per_frame"] = round(ms, 3)
-    result["insert_new_points_per_frame"] = int(np.median(added))
-    # bytes: ~30 NumPy passes over the frame's pixels (depth/rgb/masks/float64 unproject/keys, ~400 B per
-    # pixel) plus ~40 B per new point appended; ops: 2-3 random probes per distinct voxel into the index.
-    insert_bytes = px * 400 + np.median(added) * 40
-    result["insert_note"] = (
-        f"per frame {int(px)} px, {int(np.median(added))} new points: ~{insert_bytes / 1e6:.1f} MB of array "
-        f"traffic -> {insert_bytes / gbps / 1e6:.2f} ms at {gbps:.1f} GB/s, plus ~3 cache-missing hash probes per "
-        f"distinct voxel; measured {ms:.1f} ms, so NumPy per-call overhead and random probes bound it, not bytes")
     mem_rows = len(mem)
 
     # render: 16 cameras at 256x256 from the memory
-    cams = cameras_from(room_views(args.batch, size, args.seed + 11), size)
+    cams = room_cameras(args.batch, size, args.seed + 11)
     ms_raw = median_ms(lambda: render(mem, cams), warmup=1, repeat=repeat)
     pp = prepare_points(mem)
     ms_prep = median_ms(lambda: render(pp, cams), warmup=1, repeat=repeat)
@@ -193,27 +179,27 @@ def run(args: argparse.Namespace) -> dict:
         f"amortised over the batch in render_ms_per_frame_256")
 
     # retrieval over candidate views of the same room
-    targets = cameras_from(room_views(args.targets, size, args.seed + 13), size)
+    targets = room_cameras(args.targets, size, args.seed + 13)
     n_c = args.candidates
-    cand_cams = cameras_from(room_views(n_c, 32, args.seed + 17), 32)  # poses only: tiny renders are cheap
-    cands = [Candidate(i, cam) for i, cam in enumerate(cand_cams)]
+    cands = [Candidate(i, cam) for i, cam in enumerate(room_cameras(n_c, size, args.seed + 17))]
     r_ms = median_ms(lambda: retrieve("release", targets, cands, mem), warmup=0, repeat=max(1, repeat // 2),
                      sync=False)
     result["retrieval_ms_1000"] = round(r_ms, 1)
     result["retrieval_candidates"] = n_c
     n_t = len(np.arange(0, args.targets, 12))
     result["retrieval_note"] = (
-        f"{n_t} sampled targets + {n_c} candidates, each a 64-px-wide visibility render of <= 250000 memory "
+        f"{n_t} sampled targets + {n_c} candidates, each a 64-px-wide visibility render of <= 100000 memory "
         f"points ({(n_t + n_c) / (r_ms / 1e3):.0f} cameras/s) then one sparse intersection product and a "
         f"{n_t}x{n_c} assignment; bound by the per-camera projection of the points in its frustum")
 
-    # Algorithm 1: candidates carry their own back-projected points (subsampled 4x4 like a stored depth map)
+    # Algorithm 1: candidates carry their own points, back-projected from 64x64 depth maps
     n_a = args.alg1_candidates
     from engine.geometry import unproject
 
-    alg_views = room_views(n_a, 64, args.seed + 19)
-    alg_cands = [Candidate(i, cam, unproject(d, K, w2c).reshape(-1, 3).astype(np.float32))
-                 for i, (cam, (_, d, K, w2c)) in enumerate(zip(cameras_from(alg_views, 64), alg_views))]
+    from engine.geometry import Camera
+
+    alg_cands = [Candidate(i, Camera(w2c, K, 64, 64), unproject(d, K, w2c).reshape(-1, 3).astype(np.float32))
+                 for i, (_, d, K, w2c) in enumerate(room_views(n_a, 64, args.seed + 19))]
     import open3d  # noqa: F401  (its first import takes about a second; keep it out of the timing)
 
     a_ms = median_ms(lambda: retrieve("alg1", targets, alg_cands, mem), warmup=0, repeat=1, sync=False)
@@ -224,4 +210,32 @@ def run(args: argparse.Namespace) -> dict:
         f"up to {n_ta} targets x {n_a} candidates open3d ICPs (10 iterations, clouds voxel-downsampled to 5 cm) "
         f"and voxel-IoU set operations; pairs whose bounds are further apart than the ICP radius are skipped "
         f"exactly (their IoU is 0); bound by the ICP nearest-neighbour queries")
+    # insert, last because it grows the memory: fresh views (new poses) into the memory holding `points`
+    # points; each timed once, median taken
+    views = room_views(2 * repeat + 2, size, args.seed + 7)
+    times, cpu, valid, added = [], [], [], []
+    for j, (rgb, depth, K, w2c) in enumerate(views):
+        t, c = time.perf_counter(), time.process_time()
+        delta = mem.insert_rgbd(rgb, depth, K, w2c, frame_id=100_000 + j)
+        times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+        valid.append(int(np.isfinite(depth).sum()))
+        added.append(delta.num_added)
+    times, cpu, valid, added = times[2:], cpu[2:], valid[2:], added[2:]  # the first two warm caches
+    ms = float(np.median(times)) * 1e3
+    px = float(np.median(valid))
+    result["insert_mpts_per_s"] = round(px / ms / 1e3, 3)
+    # CPU time of this process: what the same work costs without other processes taking turns on the cores
+    result["insert_mpts_per_s_cpu_time"] = round(px / (float(np.median(cpu)) * 1e3) / 1e3, 3)
+    result["insert_ms_per_frame"] = round(ms, 3)
+    result["insert_new_points_per_frame"] = int(np.median(added))
+    # bytes: ~30 NumPy passes over the frame's pixels (depth/rgb/masks/float64 unproject/keys, ~400 B per
+    # pixel) plus ~40 B per new point appended; ops: 2-3 random probes per distinct voxel into the index.
+    insert_bytes = px * 400 + np.median(added) * 40
+    result["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+    result["insert_note"] = (
+        f"per frame {int(px)} px, {int(np.median(added))} new points: ~{insert_bytes / 1e6:.1f} MB of array "
+        f"traffic -> {insert_bytes / gbps / 1e6:.2f} ms at {gbps:.1f} GB/s, plus ~3 cache-missing hash probes per "
+        f"distinct voxel; measured {ms:.1f} ms, so NumPy per-call overhead and random probes bound it, not bytes")
+
     return result

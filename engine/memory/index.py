@@ -15,11 +15,13 @@ import numpy as np
 
 EMPTY = np.int64(-1)
 TOMB = np.int64(-2)
-# Fibonacci hashing: multiply by 2^64 / golden ratio and keep the top bits, which spreads structured keys
-# (packed voxel coordinates) evenly over the table.
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+# MurmurHash3's 64-bit finaliser, top bits kept. Packed voxel coordinates are highly structured; a plain
+# multiplicative (Fibonacci) hash leaves clusters that linear probing turns into long probe chains (measured
+# on a room scan: 18 probe rounds instead of 10, and 4x more keys past the third probe).
+_M1 = np.uint64(0xFF51AFD7ED558CCD)
+_M2 = np.uint64(0xC4CEB9FE1A85EC53)
+_S33 = np.uint64(33)
 _MIN_BITS = 10
-INT64_MAX = np.iinfo(np.int64).max
 
 
 class Int64HashMap:
@@ -46,15 +48,6 @@ class Int64HashMap:
         self._used = 0  # slots not EMPTY: live keys + tombstones
         self._live = 0
 
-    def reset(self, expected: int = 0) -> None:
-        """Empty the map, sized for `expected` keys; reuses the table when that size is unchanged."""
-        bits = self._bits_for(expected)
-        if bits == self._bits:
-            self._keys.fill(EMPTY)
-            self._used = self._live = 0
-        else:
-            self._alloc(bits)
-
     def __len__(self) -> int:
         return self._live
 
@@ -63,7 +56,12 @@ class Int64HashMap:
         return 1 << self._bits
 
     def _home(self, keys: np.ndarray) -> np.ndarray:
-        h = keys.astype(np.uint64) * _GOLDEN  # wraps modulo 2^64 by design
+        h = keys.astype(np.uint64)  # the multiplications wrap modulo 2^64 by design
+        h ^= h >> _S33
+        h *= _M1
+        h ^= h >> _S33
+        h *= _M2
+        h ^= h >> _S33
         return (h >> np.uint64(64 - self._bits)).astype(np.int64)
 
     def _reserve(self, extra: int) -> None:
@@ -169,45 +167,6 @@ class Int64HashMap:
         if keys.size and keys.min() < 0:
             raise ValueError("hash map keys must be non-negative")
         return self._probe_insert(keys, reuse_tombs=False)
-
-    def claim(self, keys: np.ndarray, priority: np.ndarray) -> np.ndarray:
-        """Insert keys that may repeat (but are absent beforehand): one owner per distinct key.
-
-        Copies of one key follow the same probe sequence, so they meet at the same free slot in the same round;
-        the copy with the lowest `priority` (a unique int64 per copy) owns it, and its priority becomes the
-        slot's value. Returns the owner mask [m] bool. Used to de-duplicate one batch in a scratch map.
-        """
-        keys = np.asarray(keys, dtype=np.int64)
-        priority = np.asarray(priority, dtype=np.int64)
-        self._reserve(len(keys))
-        out = self._home(keys)  # becomes each key's final slot
-        pend = None  # None: every key, without an index array (the first round is the big one)
-        ps, pk, pp = out, keys, priority
-        while True:
-            t = self._keys[ps]
-            free = t < 0  # keys are known absent, so tombstones may be reused
-            fs, fk = ps[free], pk[free]
-            self._keys[fs] = fk  # several keys may race for one slot: exactly one value lands
-            got = self._keys[fs] == fk  # all copies of the winning key of each slot
-            won, won_prio = fs[got], pp[free][got]
-            self._vals[won] = INT64_MAX
-            np.minimum.at(self._vals, won, won_prio)
-            own = self._vals[won] == won_prio  # exactly one owner per newly claimed slot
-            n_own = int(np.count_nonzero(own))
-            self._live += n_own
-            self._used += n_own - int(np.count_nonzero(own & (t[free][got] == TOMB)))
-            done = t == pk  # a copy reaching a slot its key took in an earlier round (not expected; kept safe)
-            done[free] = got
-            if pend is None:
-                rest = np.flatnonzero(~done)
-                pend, ps, pk, pp = rest, out[rest], keys[rest], priority[rest]
-            else:
-                out[pend[done]] = ps[done]
-                rest = ~done
-                pend, ps, pk, pp = pend[rest], ps[rest], pk[rest], pp[rest]
-            if not pend.size:
-                return self._vals[out] == priority
-            ps = (ps + 1) & self._mask
 
     def remove_slots(self, slots: np.ndarray) -> None:
         """Tombstone the given distinct occupied slots (from find; -1 entries are ignored)."""

@@ -145,13 +145,45 @@ def _rect(rect) -> tuple[float, float, float, float]:
     return u0, v0, u1, v1
 
 
-def _priority(conf: np.ndarray | None, n: int) -> np.ndarray:
-    """Unique int64 per input, lower = preferred: higher confidence first, then earlier input."""
-    idx = np.arange(n, dtype=np.int64)
+def _pack(c: np.ndarray) -> np.ndarray:
+    """Voxel coordinates [3, N] (offset, non-negative) -> packed keys [N] int64."""
+    return (c[0] << (2 * _COORD_BITS)) | (c[1] << _COORD_BITS) | c[2]
+
+
+def _batch_owners(coords: np.ndarray, lo: np.ndarray, hi: np.ndarray, keys: np.ndarray,
+                  conf: np.ndarray | None) -> np.ndarray:
+    """Indices of one point per distinct voxel of a batch: the most confident, the first among equals.
+
+    coords [3, m] int64 voxel coordinates with their per-axis bounds lo, hi [3]; keys [m] packed. Sorting is
+    the fast way in NumPy, and a plain value sort (SIMD) is several times faster than an argsort: so each
+    point's coordinates relative to the batch's bounding box are packed together with its index into one int64
+    and sorted by value. A batch too large or too spread out for that packing falls back to a lexsort.
+    """
+    m = len(keys)
+    idx_bits = max(1, (m - 1).bit_length())
+    span_bits = [int(x).bit_length() for x in hi - lo]
+    if sum(span_bits) + idx_bits <= 63:
+        local = (coords[0] - lo[0]) << (span_bits[1] + span_bits[2])
+        local |= (coords[1] - lo[1]) << span_bits[2]
+        local |= coords[2] - lo[2]
+        packed = np.sort((local << idx_bits) | np.arange(m, dtype=np.int64))
+        group, order = packed >> idx_bits, packed & ((1 << idx_bits) - 1)
+    else:
+        order = np.lexsort((np.arange(m), keys))
+        group = keys[order]
+    starts = np.ones(m, bool)
+    starts[1:] = group[1:] != group[:-1]
     if conf is None:
-        return idx
-    # Non-negative float32 bit patterns sort like the floats, so this packs (-confidence, index) in one int64.
-    return ((_F32_BITS_MAX - conf.view(np.int32).astype(np.int64)) << 32) | idx
+        return order[starts]  # within a voxel the first input point comes first in `order`
+    # With confidences: the first point of each voxel whose confidence equals the voxel's maximum.
+    c = conf[order]
+    first = np.flatnonzero(starts)
+    best = np.repeat(np.maximum.reduceat(c, first), np.diff(np.append(first, m)))
+    cand = np.flatnonzero(c == best)
+    keep = np.ones(len(cand), bool)
+    vox = np.cumsum(starts)[cand]
+    keep[1:] = vox[1:] != vox[:-1]
+    return order[cand[keep]]
 
 
 # --------------------------------------------------------------------------------------------- the memory
@@ -173,7 +205,7 @@ class SpatialMemory:
         self._cols = {name: np.empty((0,) + shape, dtype) for name, (dtype, shape) in _COLUMNS.items()}
         self._voxels = Int64HashMap()  # voxel key -> row
         self._rows = IdIndex()  # point id -> row
-        self._batch = Int64HashMap()  # scratch: de-duplication within one insert
+        self._conf_floor = math.inf  # <= every confidence ever stored (a lower bound, never raised)
         self._next_id = 0
         self._version = 0
         self._log: deque[_LogEntry] = deque()
@@ -231,14 +263,21 @@ class SpatialMemory:
         """Row of each id in the views above [k] int64, -1 for ids not in the memory."""
         return self._rows.get(_id_array(ids))
 
-    def voxel_keys(self, xyz: np.ndarray) -> np.ndarray:
-        """Packed voxel key [N] int64 of points [N, 3] at this memory's voxel size."""
-        c = np.floor(np.asarray(xyz, np.float64) / self.voxel_size).astype(np.int64) + _COORD_OFFSET
-        if c.size and (c.min() < 0 or c.max() >= _COORD_LIMIT):
+    def _voxel_coords(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Voxel coordinates [3, N] int64 (axis-major: NumPy reduces and shifts contiguous rows much faster
+        than [N, 3] columns), offset to be non-negative, with their per-axis min and max [3]."""
+        c = np.floor(np.ascontiguousarray(np.asarray(xyz, np.float64).T) / self.voxel_size).astype(np.int64)
+        c += _COORD_OFFSET
+        lo, hi = (c.min(axis=1), c.max(axis=1)) if c.shape[1] else (np.zeros(3, np.int64),) * 2
+        if lo.min() < 0 or hi.max() >= _COORD_LIMIT:
             span = _COORD_OFFSET * self.voxel_size
             raise ValueError(f"points beyond the memory's extent of +-{span:.6g} m per axis "
                              f"(voxel_size {self.voxel_size})")
-        return (c[:, 0] << (2 * _COORD_BITS)) | (c[:, 1] << _COORD_BITS) | c[:, 2]
+        return c, lo, hi
+
+    def voxel_keys(self, xyz: np.ndarray) -> np.ndarray:
+        """Packed voxel key [N] int64 of points [N, 3] at this memory's voxel size."""
+        return _pack(self._voxel_coords(xyz)[0])
 
     # ------------------------------------------------------------------ change tracking
     def _begin(self) -> None:
@@ -286,8 +325,8 @@ class SpatialMemory:
         recolored, rc_rows = recolored[rc_rows >= 0], rc_rows[rc_rows >= 0]
         rows = self._rows.rows_from(first_new)
         c = self._cols
-        return MemoryDelta(version, self._version, c["ids"][rows], c["xyz"][rows], c["rgb"][rows], removed,
-                           recolored, c["rgb"][rc_rows])
+        return MemoryDelta(version, self._version, c["ids"][rows], np.take(c["xyz"], rows, axis=0),
+                           np.take(c["rgb"], rows, axis=0), removed, recolored, c["rgb"][rc_rows])
 
     # ------------------------------------------------------------------ storage
     def _ensure_room(self, extra: int) -> None:
@@ -353,17 +392,22 @@ class SpatialMemory:
         m = len(xyz)
         if not m:
             return
-        keys = self.voxel_keys(xyz)
-        # De-duplicate the batch first in a small scratch map (cache-resident, unlike the memory's index): the
-        # preferred input point of each voxel wins, so the big index is probed once per distinct voxel.
-        self._batch.reset(m)
-        win = np.flatnonzero(self._batch.claim(keys, _priority(conf, m)))
+        coords, lo, hi = self._voxel_coords(xyz)  # [3, m]
+        keys = _pack(coords)
+        # One point per voxel within the batch, then the big index is probed once per distinct voxel.
+        win = _batch_owners(coords, lo, hi, keys, conf)
+        floor = self._conf_floor
+        self._conf_floor = min(floor, 1.0 if conf is None else float(conf.min()))
         slots, found = self._voxels.find_or_insert(keys[win])
         new = win[~found]
         if new.size:
-            rows = self._append(xyz[new], rgb[new], 1.0 if conf is None else conf[new], frame_id, keys[new])
+            rows = self._append(np.take(xyz, new, axis=0), np.take(rgb, new, axis=0),
+                                1.0 if conf is None else conf[new], frame_id, keys[new])
             self._voxels.set_values(slots[~found], rows)
-        # Occupied voxels: a strictly more confident point replaces the stored one.
+        # Occupied voxels: a strictly more confident point replaces the stored one. With default confidences
+        # into a memory that never held a less confident point nothing can be replaced: skip the lookups.
+        if conf is None and floor >= 1.0:
+            found[:] = False
         old, r = win[found], self._voxels.values_at(slots[found])
         if old.size:
             better = (1.0 if conf is None else conf[old]) > self._cols["confidence"][r]
@@ -430,9 +474,14 @@ class SpatialMemory:
             if confidence.shape != (H, W):
                 raise ValueError(f"confidence must be [{H}, {W}], got shape {confidence.shape}")
             conf = _confidence(confidence[valid], int(valid.sum()))
-        world = geometry.unproject(np.where(valid, depth, 0.0), K, w2c)  # [H, W, 3] float64
+        world = geometry.unproject(np.where(valid, depth, 0.0), K, w2c).reshape(-1, 3)  # [H*W, 3] float64
+        if valid.all():
+            xyz, colours = world.astype(np.float32), rgb.reshape(-1, 3)
+        else:  # np.take on flat indices is several times faster than a 2-D boolean mask here
+            pick = np.flatnonzero(valid)
+            xyz, colours = np.take(world, pick, axis=0).astype(np.float32), np.take(rgb.reshape(-1, 3), pick, axis=0)
         self._begin()
-        self._insert(world[valid].astype(np.float32), rgb[valid], conf, int(frame_id))
+        self._insert(xyz, colours, conf, int(frame_id))
         return self._commit()
 
     # ------------------------------------------------------------------ selection and edits
@@ -584,6 +633,7 @@ class SpatialMemory:
             mem._cols[name][:n] = arrays[name]
         mem._cols["keys"][:n] = keys
         mem._n = n
+        mem._conf_floor = float(arrays["confidence"].min()) if n else math.inf
         rows = np.arange(n, dtype=np.int64)
         mem._voxels.insert_new(keys, rows)
         order = np.argsort(ids)  # rows need not be in id order; the id index must be

@@ -123,27 +123,43 @@ def prepare_points(source, cells_per_axis: int = DEFAULT_CELLS_PER_AXIS,
                           start.astype(np.int64), count.astype(np.int64), voxel)
 
 
-def _visible_positions(pp: PreparedPoints, w2c: np.ndarray, K: np.ndarray, W: int, H: int, near: float,
-                       margin: float) -> np.ndarray | None:
-    """Sorted positions [M] of the points in cells that meet the frustum; None when that is (nearly) all."""
-    R, t = w2c[:3, :3], w2c[:3, 3]
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    # Half-spaces n . p_cam + d >= 0 of the frustum widened by `margin` pixels (a splat's half side).
-    n = np.array([[0, 0, 1], [fx, 0, cx + margin], [-fx, 0, W + margin - cx],
-                  [0, fy, cy + margin], [0, -fy, H + margin - cy]], np.float64)  # [5, 3]
-    d = np.array([-near, 0, 0, 0, 0], np.float64)
-    nw = n @ R  # [5, 3] the planes in world coordinates: n . (R p + t) = (R^T n) . p + n . t
-    dw = n @ t + d
-    # A box is outside a plane when even its corner furthest along the normal is outside.
-    far = np.where(nw[None] > 0, pp.cell_hi[:, None], pp.cell_lo[:, None])  # [C, 5, 3]
-    inside = ((far * nw[None]).sum(-1) + dw >= 0).all(axis=1)  # [C]
-    count = pp.cell_count[inside]
+def _cells_in_frustum(pp: PreparedPoints, w2c: np.ndarray, K: np.ndarray, W: int, H: int, near: float,
+                      margin: float) -> np.ndarray:
+    """Which cells [B, C] bool meet each camera's frustum, widened by `margin` pixels (a splat's half side)."""
+    R, t = w2c[:, :3, :3], w2c[:, :3, 3]  # [B, 3, 3], [B, 3]
+    fx, fy, cx, cy = K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2]
+    zero, one = np.zeros_like(fx), np.ones_like(fx)
+    # Half-spaces n . p_cam + d >= 0: near plane, left, right, top, bottom.
+    n = np.stack([np.stack([zero, zero, one], -1), np.stack([fx, zero, cx + margin], -1),
+                  np.stack([-fx, zero, W + margin - cx], -1), np.stack([zero, fy, cy + margin], -1),
+                  np.stack([zero, -fy, H + margin - cy], -1)], 1)  # [B, 5, 3]
+    nw = n @ R  # [B, 5, 3] in world coordinates: n . (R p + t) = (R^T n) . p + n . t
+    dw = np.einsum("bpi,bi->bp", n, t)  # [B, 5]
+    dw[:, 0] -= near
+    # A box is outside a plane when even its corner furthest along the normal is: that corner's distance is
+    # n . centre + |n| . half_size, so all cameras and planes take two matrix products.
+    centre = (pp.cell_lo + pp.cell_hi) / 2  # [C, 3]
+    half = (pp.cell_hi - pp.cell_lo) / 2
+    reach = centre @ nw.reshape(-1, 3).T + half @ np.abs(nw).reshape(-1, 3).T  # [C, B * 5]
+    inside = (reach.reshape(len(centre), -1, 5) + dw[None] >= 0).all(axis=2)  # [C, B]
+    return inside.T
+
+
+def _positions(pp: PreparedPoints, cells: np.ndarray) -> np.ndarray | None:
+    """Sorted positions [M] of the points in the given cells [C] bool; None when that is (nearly) all."""
+    count = pp.cell_count[cells]
     total = int(count.sum())
     if total > CULL_KEEP_ALL * len(pp):
         return None  # gathering would copy almost everything: render all points directly
-    start = pp.cell_start[inside]
+    start = pp.cell_start[cells]
     # Concatenated ranges [start, start + count) without a Python loop.
     return np.arange(total) + np.repeat(start - (np.cumsum(count) - count), count)
+
+
+def _visible_positions(pp: PreparedPoints, w2c: np.ndarray, K: np.ndarray, W: int, H: int, near: float,
+                       margin: float) -> np.ndarray | None:
+    """Positions of the points one camera may see (cells meeting its frustum); None when nearly all."""
+    return _positions(pp, _cells_in_frustum(pp, w2c[None], K[None], W, H, near, margin)[0])
 
 
 def _camera_batch(cameras, resolution) -> tuple[np.ndarray, np.ndarray, int, int]:
@@ -207,8 +223,9 @@ def render(source, cameras: geometry.Camera | Sequence[geometry.Camera], *,
         P[:, 0, :] += P[:, 2, :]
         P[:, 1, :] += P[:, 2, :]
         P = torch.as_tensor(P, dtype=torch.float32, device=dev)
+        cells = _cells_in_frustum(pp, w2c, K, W, H, near, max_splat / 2 + 1)  # [B, C]
         for b in range(B):
-            pos = _visible_positions(pp, w2c[b], K[b], W, H, near, max_splat / 2 + 1)
+            pos = _positions(pp, cells[b])
             if pos is None:
                 pts, rows = pp.xyz_h, pp.order
             elif not len(pos):
@@ -229,8 +246,11 @@ def render(source, cameras: geometry.Camera | Sequence[geometry.Camera], *,
         colour = torch.zeros(B, H, W, 3, dtype=torch.uint8, device=dev)
     colour = colour.permute(0, 3, 1, 2).float().div_(255.0) * hit[:, None]  # [B, 3, H, W]
     visible = None
-    if return_visible:
-        visible = [torch.unique(idx[b][hit[b]]) for b in range(B)]
+    if return_visible:  # one sort for the whole batch: rows offset by camera, then split
+        flat = (idx + torch.arange(B, device=dev)[:, None, None] * max(N, 1))[hit]
+        rows = torch.unique(flat)
+        bounds = torch.searchsorted(rows, torch.arange(B + 1, device=dev) * max(N, 1)).tolist()
+        visible = [rows[bounds[b]:bounds[b + 1]] - b * max(N, 1) for b in range(B)]
     return RenderOutput(colour, depth[:, None], hit[:, None].float(), visible)
 
 

@@ -101,7 +101,7 @@ class ReleaseRetrieval:
     sample_fps: float = 2.0  # target poses are taken at this rate...
     every: int | None = None  # ...or every n-th pose when set
     vis_width: int = 64  # visibility is judged on renders this wide
-    max_points: int | None = 250_000  # even subsample of the memory for visibility (None: all points)
+    max_points: int | None = 100_000  # even subsample of the memory for visibility (None: all points)
 
     def target_indices(self, n: int) -> np.ndarray:
         if self.every is not None:
@@ -169,9 +169,10 @@ class Alg1Retrieval:
         xyz, _ = _memory_arrays(memory)
         chosen = [targets[i] for i in range(0, len(targets), stride)]
         target_sets = visible_sets(memory, chosen, self.vis_width)
-        cands = [_Cloud.make(np.asarray(c.points, np.float64), self.iou_voxel) for c in candidates]
-        # Clouds further apart than this cannot have an ICP correspondence or share a voxel: their IoU is 0.
+        # Clouds with no pair of points closer than `reach` cannot have an ICP correspondence (ICP then keeps
+        # the identity) nor share an occupancy voxel: their IoU is exactly 0 and their ICP is skipped.
         reach = max(self.icp_max_distance, self.iou_voxel * math.sqrt(3))
+        cands = [_Cloud.make(np.asarray(c.points, np.float64), self.iou_voxel, reach) for c in candidates]
         icp = o3d.pipelines.registration
         criteria = icp.ICPConvergenceCriteria(max_iteration=self.icp_iterations)
         estimation = icp.TransformationEstimationPointToPoint()
@@ -180,10 +181,11 @@ class Alg1Retrieval:
         for rows in target_sets:
             if len(picks) >= self.k:
                 break
-            tgt = _Cloud.make(xyz[rows].astype(np.float64), self.iou_voxel)
+            tgt = _Cloud.make(xyz[rows].astype(np.float64), self.iou_voxel, reach)
+            near = tgt.near_cells()
             best, best_score = None, 0.0
             for j, cand in enumerate(cands):
-                if j in taken or not tgt.near(cand, reach):
+                if j in taken or not cand.meets(near):
                     continue
                 result = icp.registration_icp(cand.pcd, tgt.pcd, self.icp_max_distance, np.eye(4), estimation,
                                               criteria)
@@ -199,16 +201,15 @@ class Alg1Retrieval:
 
 @dataclass
 class _Cloud:
-    """A point set voxel-downsampled for ICP, with its occupancy keys and bounds."""
+    """A point set voxel-downsampled for ICP, with its occupancy keys and its cells of side `reach`."""
 
     pcd: object  # open3d PointCloud of the downsampled points
     points: np.ndarray  # [P, 3] float64 downsampled points
     keys: np.ndarray  # [V] sorted unique int64 voxel keys of the occupancy
-    lo: np.ndarray
-    hi: np.ndarray
+    cells: np.ndarray  # [G, 3] int64 unique cells of side `reach` holding points
 
     @classmethod
-    def make(cls, pts: np.ndarray, voxel: float) -> "_Cloud":
+    def make(cls, pts: np.ndarray, voxel: float, reach: float) -> "_Cloud":
         import open3d as o3d
 
         pts = pts[np.isfinite(pts).all(axis=1)] if len(pts) else np.zeros((0, 3))
@@ -216,12 +217,20 @@ class _Cloud:
         if len(pts):
             pcd = pcd.voxel_down_sample(voxel)
         down = np.asarray(pcd.points)
-        lo = down.min(axis=0) if len(down) else np.full(3, np.inf)
-        hi = down.max(axis=0) if len(down) else np.full(3, -np.inf)
-        return cls(pcd, down, _occupancy(down, voxel), lo, hi)
+        cells = np.unique(np.floor(down / reach).astype(np.int64), axis=0) if len(down) else np.zeros((0, 3), np.int64)
+        return cls(pcd, down, _occupancy(down, voxel), cells)
 
-    def near(self, other: "_Cloud", reach: float) -> bool:
-        return bool(np.all(self.lo - reach <= other.hi) and np.all(other.lo - reach <= self.hi))
+    def near_cells(self) -> np.ndarray:
+        """Sorted keys of the cells within one cell of this cloud's: any point closer than `reach` is in one."""
+        offsets = np.stack(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij"), -1).reshape(-1, 3)  # [27, 3]
+        return np.unique(_cell_key((self.cells[:, None] + offsets[None]).reshape(-1, 3)))
+
+    def meets(self, near: np.ndarray) -> bool:
+        if not len(self.cells) or not len(near):
+            return False
+        k = _cell_key(self.cells)
+        pos = np.minimum(np.searchsorted(near, k), len(near) - 1)
+        return bool((near[pos] == k).any())
 
     def transformed_keys(self, T: np.ndarray, voxel: float) -> np.ndarray:
         return _occupancy(geometry.transform_points(T, self.points), voxel)
@@ -230,6 +239,11 @@ class _Cloud:
         inter = len(np.intersect1d(self.keys, keys, assume_unique=True))
         union = len(self.keys) + len(keys) - inter
         return inter / union if union else 0.0
+
+
+def _cell_key(c: np.ndarray) -> np.ndarray:
+    c = np.clip(c + (1 << 20), 0, (1 << 21) - 1)
+    return (c[:, 0] << 42) | (c[:, 1] << 21) | c[:, 2]
 
 
 def _occupancy(pts: np.ndarray, voxel: float) -> np.ndarray:
