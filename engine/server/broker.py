@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import zmq
@@ -51,6 +52,8 @@ class Broker:
         self.worker_timeout_s = worker_timeout_s
         self.workers: dict[bytes, WorkerInfo] = {}
         self.assignment: dict[bytes, bytes] = {}  # client id -> worker name
+        # messages that arrived while no worker was alive (start-up, all workers restarting); bounded, oldest dropped
+        self.waiting: deque[list] = deque(maxlen=1024)
         self.stop_event = threading.Event()
 
     # ------------------------------------------------------------------ routing
@@ -72,6 +75,8 @@ class Broker:
         info = self.workers.get(name)
         if info is None:
             info = self.workers[name] = WorkerInfo(name, time.monotonic())
+            while self.waiting:
+                self._from_client(self.waiting.popleft())
         info.last_seen = time.monotonic()
         if kind == MESSAGE and len(frames) >= 3:
             self.front.send_multipart(frames[2:], copy=False)
@@ -81,7 +86,8 @@ class Broker:
     def _from_client(self, frames: list[zmq.Frame]) -> None:
         worker = self._worker_for(frames[0].bytes)
         if worker is None:
-            return  # no worker yet: the client's request times out and it retries, as with a busy server
+            self.waiting.append(frames)  # delivered when a worker announces itself
+            return
         self.back.send_multipart([worker, *frames], copy=False)
 
     def _expire_workers(self) -> None:

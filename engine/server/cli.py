@@ -1,0 +1,151 @@
+"""`spatia serve`: run the generation server (one process, or a broker in front of N worker processes).
+
+    spatia serve --model tiny --bind tcp://127.0.0.1:5555 --backend auto|eager|compile|tensorrt [--sessions DIR]
+                 [--resume] [--workers N] [--keys DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_BIND = "tcp://127.0.0.1:5555"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="tiny", help="shipped model name (models/NAME) or a checkpoint folder")
+    parser.add_argument("--bind", default=DEFAULT_BIND, help="ZeroMQ endpoint; non-loopback needs --keys")
+    parser.add_argument("--backend", default="auto", choices=("auto", "eager", "compile", "tensorrt"))
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--sessions", default="sessions", help="directory for autosaves and saved sessions")
+    parser.add_argument("--resume", action="store_true", help="restore autosaved sessions when their clients return")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes behind a load-balancing broker")
+    parser.add_argument("--keys", default=None, help="CURVE key directory from `spatia keys` (required off loopback)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker")
+    parser.add_argument("--retrieval", default="release", choices=("release", "alg1"))
+    parser.add_argument("--log-level", default="INFO")
+    # internal: how the broker starts its workers
+    parser.add_argument("--worker-of", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-name", default="w0", help=argparse.SUPPRESS)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    if args.workers > 1 and not args.worker_of:
+        return run_broker(args)
+    return run_worker(args)
+
+
+def _load_model(args):
+    import torch
+
+    from engine.model.backends import apply_backend
+    from engine.pipeline import WorldModel
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = WorldModel.load(args.model, device=device)
+    model.dit, backend = apply_backend(model.dit, model.cfg, args.backend)
+    return model, backend
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    import zmq
+
+    from engine.pipeline import SessionOptions
+    from engine.server.security import SecurityError
+    from engine.server.server import GenerationServer
+    from engine.server.transport import RouterTransport, WorkerTransport
+    from engine.server.protocol import MAX_MESSAGE_BYTES
+
+    try:
+        model, backend = _load_model(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    context = zmq.Context()
+    try:
+        if args.worker_of:
+            transport = WorkerTransport(context, args.worker_of, args.worker_name)
+        else:
+            transport = RouterTransport(context, args.bind, keys_dir=args.keys, max_message_bytes=MAX_MESSAGE_BYTES)
+    except (SecurityError, zmq.ZMQError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    server = GenerationServer(model, transport, args.sessions, backend=backend, resume=args.resume,
+                              options=SessionOptions(retrieval=args.retrieval))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"READY {getattr(transport, 'address', args.worker_of)} model={model.name} backend={backend}", flush=True)
+    try:
+        server.serve_forever(stop)
+    finally:
+        server.close()
+        context.term()
+    return 0
+
+
+def run_broker(args: argparse.Namespace) -> int:
+    import signal
+    import subprocess
+    import tempfile
+    import threading
+
+    import zmq
+
+    from engine.server.broker import Broker
+    from engine.server.protocol import MAX_MESSAGE_BYTES
+    from engine.server.security import SecurityError
+
+    context = zmq.Context()
+    backend_dir = tempfile.mkdtemp(prefix="spatia-broker-")
+    try:
+        broker = Broker(context, args.bind, f"ipc://{backend_dir}/workers", keys_dir=args.keys,
+                        max_message_bytes=MAX_MESSAGE_BYTES)
+    except (SecurityError, zmq.ZMQError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    workers = []
+    for i in range(args.workers):
+        env = dict(os.environ)
+        if "CUDA_VISIBLE_DEVICES" not in env:
+            import torch
+
+            if torch.cuda.device_count() > 1:
+                env["CUDA_VISIBLE_DEVICES"] = str(i % torch.cuda.device_count())  # one GPU per worker
+        cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", args.model, "--backend", args.backend,
+               "--sessions", args.sessions, "--worker-of", broker.backend_address, "--worker-name", f"w{i}",
+               "--threads", str(threads), "--retrieval", args.retrieval, "--log-level", args.log_level]
+        if args.resume:
+            cmd.append("--resume")
+        if args.device:
+            cmd += ["--device", args.device]
+        workers.append(subprocess.Popen(cmd, env=env))
+    signal.signal(signal.SIGTERM, lambda *_: broker.stop_event.set())
+    signal.signal(signal.SIGINT, lambda *_: broker.stop_event.set())
+    print(f"READY {broker.frontend_address} workers={args.workers}", flush=True)
+    try:
+        broker.run()
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            try:
+                w.wait(10)
+            except subprocess.TimeoutExpired:
+                w.kill()
+        broker.close()
+        context.term()
+        Path(backend_dir, "workers").unlink(missing_ok=True)
+        os.rmdir(backend_dir)
+    return 0

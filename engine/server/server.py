@@ -1,0 +1,375 @@
+"""The generation server: one thread, one socket, many sessions; it drives the pipeline and knows no pixels on screens.
+
+Loop: drain the socket (every message decoded, validated, answered), then generate one chunk for the next session
+with queued poses (round robin). While a chunk is sampled, `pump()` runs between sampler steps, so heartbeats are
+answered, other clients are served, and a newer trajectory that leaves the path in flight cancels the stale chunk at
+the next step. Frames go out as soon as they are decoded; the memory delta and ClipDone after each chunk.
+
+Durability: a session is autosaved (atomically) before any Ack that changes it is sent, and after clips at most every
+`autosave_interval_s` and whenever its queue runs dry, so nothing acknowledged is lost when the process is killed.
+With `resume=True` a client whose identity has an autosave gets its session back on its first message.
+Bounded resources: per-client send queues are capped by the socket's high-water mark (a slow reader loses frames, not
+the server's memory), a trajectory replaces the queued poses rather than adding to them, and idle sessions are
+evicted (after an autosave) once `max_sessions` is reached.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from engine import geometry
+from engine.memory.delta import MemoryDelta as EngineDelta
+from engine.pipeline import ChunkCancelled, PipelineError, SessionOptions, WorldModel, WorldSession
+from engine.server import protocol as P
+
+log = logging.getLogger("spatia.server")
+
+# A newer trajectory continues the chunk in flight (no cancel) when its first pose is this close to one of the
+# chunk's poses: the user is still on the path being generated.
+CONTINUE_DISTANCE_M = 0.10
+CONTINUE_ANGLE_DEG = 8.0
+
+
+@dataclass
+class Slot:
+    """One client's state: its session and the poses still to generate."""
+
+    client: bytes
+    session: WorldSession | None = None
+    newest: P.NewestWins = field(default_factory=P.NewestWins)
+    queue: np.ndarray = field(default_factory=lambda: np.zeros((0, 4, 4)))  # [n, 4, 4] poses still to generate
+    intrinsics: np.ndarray | None = None
+    seq: int = 0
+    t_input: float = 0.0
+    last_seen: float = field(default_factory=time.monotonic)
+    last_autosave: float = 0.0
+    dirty: bool = False  # changed since the last autosave
+    cancel: bool = False  # set by pump() to stop the chunk in flight
+
+    @property
+    def key(self) -> str:
+        return self.client.hex()
+
+
+def to_wire_delta(delta: EngineDelta, voxel_size: float) -> P.MemoryDelta:
+    return P.MemoryDelta(version_from=delta.version_from, version_to=delta.version_to, full=delta.full,
+                         voxel_size=float(voxel_size), added_ids=delta.added_ids, added_xyz=delta.added_xyz,
+                         added_rgb=delta.added_rgb, removed_ids=delta.removed_ids, recolored_ids=delta.recolored_ids,
+                         recolored_rgb=delta.recolored_rgb)
+
+
+def _pose_close(a: np.ndarray, b: np.ndarray) -> bool:
+    ca, cb = geometry.invert_se3(a), geometry.invert_se3(b)
+    if np.linalg.norm(ca[:3, 3] - cb[:3, 3]) > CONTINUE_DISTANCE_M:
+        return False
+    cos = np.clip((np.trace(ca[:3, :3].T @ cb[:3, :3]) - 1) / 2, -1, 1)
+    return np.degrees(np.arccos(cos)) <= CONTINUE_ANGLE_DEG
+
+
+class GenerationServer:
+    def __init__(self, model: WorldModel, transport, sessions_dir: str | Path, backend: str = "eager",
+                 options: SessionOptions | None = None, resume: bool = False, autosave_interval_s: float = 2.0,
+                 max_sessions: int = 16, client_timeout_s: float = 30.0, send_hwm: int = 512):
+        self.model, self.transport, self.backend = model, transport, backend
+        self.options = options or SessionOptions()
+        self.sessions_dir = Path(sessions_dir)
+        (self.sessions_dir / "autosave").mkdir(parents=True, exist_ok=True)
+        (self.sessions_dir / "saved").mkdir(parents=True, exist_ok=True)
+        self.resume, self.autosave_interval_s = resume, autosave_interval_s
+        self.max_sessions, self.client_timeout_s = max_sessions, client_timeout_s
+        self.transport.socket.setsockopt(zmq.SNDHWM, send_hwm)
+        self.slots: dict[bytes, Slot] = {}
+        self.active: Slot | None = None  # the slot whose chunk is being generated
+        self._rr = 0
+        self._poller = zmq.Poller()
+        self._poller.register(self.transport.socket, zmq.POLLIN)
+        self.stats = {"messages": 0, "errors": 0, "chunks": 0, "cancelled": 0, "frames": 0}
+
+    # ------------------------------------------------------------------ sending
+    def send(self, slot_or_client, msg: P.Message) -> None:
+        client = slot_or_client.client if isinstance(slot_or_client, Slot) else slot_or_client
+        try:
+            self.transport.send(client, P.encode(msg))
+        except zmq.ZMQError as e:  # a vanished peer or a full queue: drop, never crash the loop
+            log.warning("send to %s failed: %s", client.hex()[:8], e)
+
+    def error(self, client: bytes, code: P.ErrorCode, message: str, ref_type: str = "") -> None:
+        self.stats["errors"] += 1
+        self.send(client, P.Error(code=code, message=message[: P.MAX_STRING_CHARS], ref_type=ref_type))
+
+    def capabilities(self) -> P.Capabilities:
+        cfg = self.model.cfg
+        saved = sorted(p.name for p in (self.sessions_dir / "saved").iterdir() if (p / "session.json").is_file()
+                       and P.SESSION_NAME_RE.fullmatch(p.name))
+        return P.Capabilities(protocol_version=P.PROTOCOL_VERSION, model=self.model.name, backend=self.backend,
+                              width=cfg.width, height=cfg.height, fps=float(self.fps), chunk_frames=cfg.chunk_frames,
+                              saved_sessions=saved[: P.MAX_LIST_ITEMS])
+
+    @property
+    def fps(self) -> float:
+        return float(getattr(self.model.cfg, "fps", 16.0))
+
+    # ------------------------------------------------------------------ receiving
+    def pump(self, timeout_ms: int = 0) -> int:
+        """Handle every message waiting on the socket (waiting up to timeout_ms for the first); returns the count."""
+        handled = 0
+        while self._poller.poll(timeout_ms if handled == 0 else 0):
+            client, frames = self.transport.recv()
+            self.handle(client, frames)
+            handled += 1
+            if handled >= 1000:  # fairness: let generation run even under a flood
+                break
+        self.transport.tick()
+        return handled
+
+    def handle(self, client: bytes, frames) -> None:
+        self.stats["messages"] += 1
+        try:
+            msg = P.decode(frames)
+        except P.ProtocolError as e:
+            self.stats["errors"] += 1
+            self.send(client, e.to_message())
+            return
+        slot = self._slot(client)
+        slot.last_seen = time.monotonic()
+        handler = getattr(self, f"on_{msg.type}", None)
+        if handler is None:
+            self.error(client, P.ErrorCode.INVALID, f"{msg.type} is a server-to-client message", msg.type)
+            return
+        try:
+            handler(slot, msg)
+        except PipelineError as e:
+            self.error(client, P.ErrorCode.INVALID, str(e), msg.type)
+        except P.ProtocolError as e:
+            self.stats["errors"] += 1
+            self.send(client, e.to_message(msg.type))
+        except Exception as e:  # noqa: BLE001 - one client's bad request must not stop the others
+            log.exception("internal error on %s from %s", msg.type, slot.key[:8])
+            self.error(client, P.ErrorCode.INTERNAL, f"{type(e).__name__}: {e}", msg.type)
+
+    def _slot(self, client: bytes) -> Slot:
+        slot = self.slots.get(client)
+        if slot is None:
+            slot = self.slots[client] = Slot(client)
+            if self.resume:
+                self._restore(slot)
+            self._evict_if_needed()
+        return slot
+
+    def _restore(self, slot: Slot) -> None:
+        path = self.sessions_dir / "autosave" / slot.key
+        if (path / "session.json").is_file():
+            try:
+                slot.session = WorldSession.load(path, self.model)
+                log.info("resumed session %s at frame %d", slot.key[:8], slot.session.num_frames)
+            except PipelineError as e:
+                log.error("autosave of %s is unusable: %s", slot.key[:8], e)
+
+    def _evict_if_needed(self) -> None:
+        live = [s for s in self.slots.values() if s.session is not None]
+        if len(live) <= self.max_sessions:
+            return
+        for slot in sorted(live, key=lambda s: s.last_seen)[: len(live) - self.max_sessions]:
+            if slot is self.active:
+                continue
+            self.autosave(slot, force=True)
+            del self.slots[slot.client]
+
+    def _need_session(self, slot: Slot) -> WorldSession:
+        if slot.session is None:
+            raise P.ProtocolError(P.ErrorCode.NO_SESSION, "no session: send an open_* or load message first")
+        return slot.session
+
+    # ------------------------------------------------------------------ persistence
+    def autosave(self, slot: Slot, force: bool = False) -> None:
+        if slot.session is None or not (slot.dirty or force):
+            return
+        try:
+            slot.session.save(self.sessions_dir / "autosave" / slot.key)
+            slot.dirty, slot.last_autosave = False, time.monotonic()
+        except OSError as e:  # full disk, permissions: the previous autosave stays intact (atomic rename)
+            log.error("autosave of %s failed: %s", slot.key[:8], e)
+            raise P.ProtocolError(P.ErrorCode.INTERNAL, f"could not save the session: {e}") from e
+
+    # ------------------------------------------------------------------ handlers (one per client message type)
+    def on_hello(self, slot: Slot, msg: P.Hello) -> None:
+        if msg.protocol_version != P.PROTOCOL_VERSION:
+            raise P.ProtocolError(P.ErrorCode.VERSION, f"client speaks protocol {msg.protocol_version}, server {P.PROTOCOL_VERSION}")
+        self.send(slot, self.capabilities())
+
+    def on_heartbeat(self, slot: Slot, msg: P.Heartbeat) -> None:
+        self.send(slot, P.Heartbeat(t=time.time(), seq=msg.seq))
+
+    def _opened(self, slot: Slot, session: WorldSession, ref_type: str, detail: str = "") -> None:
+        if slot is self.active:
+            slot.cancel = True
+        slot.session, slot.queue, slot.dirty = session, np.zeros((0, 4, 4)), True
+        self.autosave(slot)
+        self.send(slot, P.Ack(ref_type=ref_type, message=detail))
+        self.send(slot, to_wire_delta(session.memory.snapshot(), session.memory.voxel_size))
+        last = session.last_frame
+        self.send(slot, P.Frame(index=last.index, seq=0, rgb=last.rgb, depth=last.depth, w2c=last.camera.w2c))
+
+    def _new_session(self, prompt: str) -> WorldSession:
+        return WorldSession(self.model, self.options, prompt=prompt)
+
+    def on_open_procedural(self, slot: Slot, msg: P.OpenProcedural) -> None:
+        session = self._new_session(msg.prompt)
+        session.open_procedural(msg.seed)
+        self._opened(slot, session, msg.type, f"procedural scene {msg.seed}")
+
+    def on_open_image(self, slot: Slot, msg: P.OpenImage) -> None:
+        session = self._new_session(msg.prompt)
+        session.open_rgbd(msg.rgb, np.asarray(msg.depth, np.float32), msg.w2c, msg.intrinsics)
+        self._opened(slot, session, msg.type)
+
+    def on_open_points(self, slot: Slot, msg: P.OpenPoints) -> None:
+        session = self._new_session(msg.prompt)
+        session.open_points(msg.xyz, msg.rgb, msg.w2c, msg.intrinsics)
+        self._opened(slot, session, msg.type, msg.source)
+
+    def on_open_release(self, slot: Slot, msg: P.OpenRelease) -> None:
+        session = self._new_session(msg.prompts[0])
+        exclude = None if msg.masks is None else msg.masks[0] > 0
+        session.open_image(msg.image, msg.w2c[0], msg.intrinsics[0], exclude=exclude)
+        self._opened(slot, session, msg.type)
+
+    def on_load(self, slot: Slot, msg: P.Load) -> None:
+        path = self.sessions_dir / "saved" / P.check_session_name(msg.name)
+        if not (path / "session.json").is_file():
+            raise P.ProtocolError(P.ErrorCode.NOT_FOUND, f"no saved session named {msg.name!r}")
+        self._opened(slot, WorldSession.load(path, self.model), msg.type, f"loaded {msg.name}")
+
+    def on_save(self, slot: Slot, msg: P.Save) -> None:
+        session = self._need_session(slot)
+        try:
+            session.save(self.sessions_dir / "saved" / P.check_session_name(msg.name))
+        except OSError as e:
+            raise P.ProtocolError(P.ErrorCode.INTERNAL, f"could not save {msg.name!r}: {e}") from e
+        self.send(slot, P.Ack(ref_type=msg.type, message=f"saved {msg.name}"))
+
+    def on_resync(self, slot: Slot, msg: P.Resync) -> None:
+        session = self._need_session(slot)
+        self.send(slot, to_wire_delta(session.memory.snapshot(), session.memory.voxel_size))
+
+    def on_trajectory(self, slot: Slot, msg: P.Trajectory) -> None:
+        session = self._need_session(slot)
+        if not slot.newest.offer(msg):
+            return  # stale: an older chunk overtaken by a newer one
+        traj = slot.newest.take()
+        w2c, intr = session.check_trajectory(traj.w2c, traj.intrinsics)
+        if slot is self.active and self._in_flight is not None:
+            if not any(_pose_close(w2c[0], p) for p in self._in_flight):
+                slot.cancel = True  # the user left the path being generated: stop the stale chunk
+        slot.queue, slot.intrinsics, slot.seq, slot.t_input = w2c, intr, traj.seq, traj.t_input
+
+    def on_cancel(self, slot: Slot, msg: P.Cancel) -> None:
+        if msg.seq in (-1, slot.seq):
+            slot.queue = np.zeros((0, 4, 4))
+            if slot is self.active:
+                slot.cancel = True
+        self.send(slot, P.Ack(ref_type=msg.type, ref_id=msg.seq))
+
+    def _edited(self, slot: Slot, msg, delta: EngineDelta) -> None:
+        slot.dirty = True
+        self.autosave(slot)
+        self.send(slot, P.Ack(ref_type=msg.type, ref_id=msg.edit_id))
+        self.send(slot, to_wire_delta(delta, slot.session.memory.voxel_size))
+
+    def on_edit_remove_box(self, slot: Slot, msg: P.EditRemoveBox) -> None:
+        self._edited(slot, msg, self._need_session(slot).remove_box(msg.box_min, msg.box_max))
+
+    def on_edit_remove_ids(self, slot: Slot, msg: P.EditRemoveIds) -> None:
+        self._edited(slot, msg, self._need_session(slot).remove_ids(msg.ids))
+
+    def on_edit_recolor(self, slot: Slot, msg: P.EditRecolor) -> None:
+        self._edited(slot, msg, self._need_session(slot).recolor(msg.ids, msg.rgb))
+
+    def on_edit_insert_primitive(self, slot: Slot, msg: P.EditInsertPrimitive) -> None:
+        self._edited(slot, msg, self._need_session(slot).insert_primitive(str(msg.shape), msg.center, msg.size, msg.rgb))
+
+    def on_edit_insert_points(self, slot: Slot, msg: P.EditInsertPoints) -> None:
+        self._edited(slot, msg, self._need_session(slot).insert_points(msg.xyz, msg.rgb))
+
+    def on_edit_undo(self, slot: Slot, msg: P.EditUndo) -> None:
+        self._edited(slot, msg, self._need_session(slot).undo())
+
+    # ------------------------------------------------------------------ generation
+    _in_flight: np.ndarray | None = None
+
+    def _next_slot(self) -> Slot | None:
+        now = time.monotonic()
+        ready = [s for s in self.slots.values() if s.session is not None and len(s.queue)
+                 and now - s.last_seen < self.client_timeout_s]
+        if not ready:
+            return None
+        self._rr += 1
+        return ready[self._rr % len(ready)]
+
+    def generate_once(self) -> bool:
+        """Generate one chunk for the next session with queued poses; False when there was nothing to do."""
+        slot = self._next_slot()
+        if slot is None:
+            return False
+        session = slot.session
+        n = session.chunk_frames
+        poses, slot.queue = slot.queue[:n], slot.queue[n:]
+        seq, t_input = slot.seq, slot.t_input
+        self.active, self._in_flight, slot.cancel = slot, poses, False
+
+        def on_frame(index, rgb, depth, w2c, timings):
+            self.stats["frames"] += 1
+            self.send(slot, P.Frame(index=index, seq=seq, rgb=rgb, depth=None if depth is None else depth.astype(np.float16),
+                                    w2c=w2c, t_input=t_input, timings=timings))
+
+        def should_stop() -> bool:
+            self.pump(0)
+            return slot.cancel
+
+        try:
+            result = session.generate_chunk(poses, slot.intrinsics, on_frame=on_frame, should_stop=should_stop)
+        except ChunkCancelled:
+            self.stats["cancelled"] += 1
+            return True
+        except PipelineError as e:
+            slot.queue = np.zeros((0, 4, 4))
+            self.error(slot.client, P.ErrorCode.INVALID, str(e), "trajectory")
+            return True
+        finally:
+            self.active, self._in_flight = None, None
+        self.stats["chunks"] += 1
+        slot.dirty = True
+        t0 = time.perf_counter()
+        self.send(slot, to_wire_delta(result.delta, session.memory.voxel_size))
+        timings = dict(result.timings)
+        timings["serialize_delta"] = (time.perf_counter() - t0) * 1e3
+        if not len(slot.queue) or time.monotonic() - slot.last_autosave >= self.autosave_interval_s:
+            t0 = time.perf_counter()
+            try:
+                self.autosave(slot)
+            except P.ProtocolError as e:
+                self.send(slot, e.to_message("trajectory"))
+            timings["autosave"] = (time.perf_counter() - t0) * 1e3
+        self.send(slot, P.ClipDone(clip=result.clip, seq=seq, first_frame=result.first_frame, num_frames=len(result.rgb),
+                                   memory_version=session.memory.version, timings=timings))
+        return True
+
+    def serve_forever(self, stop=None, idle_poll_ms: int = 50) -> None:
+        log.info("serving %s (%s) on %s", self.model.name, self.backend, getattr(self.transport, "address", "broker"))
+        while stop is None or not stop.is_set():
+            self.pump(0 if self._next_slot() else idle_poll_ms)
+            self.generate_once()
+
+    def close(self) -> None:
+        for slot in self.slots.values():
+            try:
+                self.autosave(slot)
+            except P.ProtocolError:
+                pass
+        self.transport.close()

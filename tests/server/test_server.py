@@ -1,0 +1,238 @@
+"""The real server process: handshake, sessions, streaming, cancel-on-newer, SIGKILL + resume, broker, bad input."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from engine import geometry
+from engine.server import protocol as P
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, checkpoint, sessions, extra=()):
+        self.address = f"tcp://127.0.0.1:{free_port()}"
+        cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", str(checkpoint), "--bind", self.address,
+               "--sessions", str(sessions), "--backend", "eager", "--threads", "1", "--log-level", "WARNING", *extra]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY"):
+            self.proc.kill()
+            raise RuntimeError(f"server did not start: {line}{self.proc.stderr.read()}")
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(20)
+
+
+class Client:
+    def __init__(self, ctx, address, identity=None):
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if identity:
+            self.sock.setsockopt(zmq.IDENTITY, identity)
+        self.sock.connect(address)
+
+    def send(self, msg):
+        self.sock.send_multipart(P.encode(msg))
+
+    def recv(self, timeout=30.0):
+        if not self.sock.poll(int(timeout * 1000)):
+            raise TimeoutError("no reply from the server")
+        return P.decode(self.sock.recv_multipart())
+
+    def recv_until(self, type_, timeout=60.0):
+        got = []
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.recv(max(0.1, deadline - time.monotonic()))
+            got.append(msg)
+            if msg.type == type_:
+                return got
+
+    def close(self):
+        self.sock.close(0)
+
+
+def forward_poses(start_w2c, n, step=0.04, offset=1):
+    out = []
+    for i in range(offset, offset + n):
+        c2w = geometry.invert_se3(start_w2c)
+        c2w[:3, 3] += c2w[:3, 2] * step * i
+        out.append(geometry.invert_se3(c2w))
+    return np.stack(out)
+
+
+def open_session(client, seed=1):
+    client.send(P.Hello(client="test"))
+    caps = client.recv()
+    assert caps.type == "capabilities" and (caps.width, caps.height) == (32, 32)
+    client.send(P.OpenProcedural(seed=seed))
+    msgs = [client.recv(), client.recv(), client.recv()]
+    assert [m.type for m in msgs] == ["ack", "memory_delta", "frame"]
+    assert msgs[1].full and len(msgs[1].added_ids) > 0
+    return caps, msgs[1], msgs[2]
+
+
+INTR = geometry.fov_to_intrinsics(65.0)
+
+
+@pytest.fixture
+def ctx():
+    c = zmq.Context()
+    yield c
+    c.term()
+
+
+def test_stream_two_clients_and_edits(tiny_checkpoint, tmp_path, ctx):
+    server = ServerProcess(tiny_checkpoint, tmp_path / "sessions")
+    a, b = Client(ctx, server.address), Client(ctx, server.address)
+    try:
+        caps, full_a, start_a = open_session(a, seed=1)
+        _, full_b, start_b = open_session(b, seed=2)
+        assert not np.array_equal(start_a.rgb, start_b.rgb)  # separate sessions, separate scenes
+        n = caps.chunk_frames
+        a.send(P.Trajectory(seq=1, w2c=forward_poses(start_a.w2c, n), intrinsics=INTR, t_input=1.5))
+        b.send(P.Trajectory(seq=1, w2c=forward_poses(start_b.w2c, n), intrinsics=INTR, t_input=2.5))
+        for c, t_input in ((a, 1.5), (b, 2.5)):
+            msgs = c.recv_until("clip_done")
+            frames = [m for m in msgs if m.type == "frame"]
+            assert [f.index for f in frames] == list(range(1, n + 1))
+            assert all(f.seq == 1 and f.t_input == t_input for f in frames)
+            delta = next(m for m in msgs if m.type == "memory_delta")
+            done = msgs[-1]
+            assert done.num_frames == n and done.memory_version == delta.version_to
+            assert {"retrieval", "render", "encode", "sample", "decode", "update"} <= set(done.timings)
+        # an edit is acknowledged and answered with the delta that removes the points
+        lo, hi = full_a.added_xyz.min(0) - 1, full_a.added_xyz.max(0) + 1
+        a.send(P.EditRemoveBox(edit_id=7, box_min=lo.astype(np.float64), box_max=hi.astype(np.float64)))
+        ack, delta = a.recv(), a.recv()
+        assert ack.type == "ack" and ack.ref_id == 7
+        assert delta.type == "memory_delta" and len(delta.removed_ids) > 0
+        a.send(P.EditUndo(edit_id=8))
+        ack, delta = a.recv(), a.recv()
+        assert ack.ref_id == 8 and len(delta.added_ids) == len(np.unique(delta.added_ids)) > 0
+    finally:
+        a.close()
+        b.close()
+        server.stop()
+
+
+def test_newer_trajectory_cancels_a_stale_chunk(tiny_checkpoint, tmp_path, ctx):
+    server = ServerProcess(tiny_checkpoint, tmp_path / "sessions")
+    c = Client(ctx, server.address)
+    try:
+        caps, _, start = open_session(c)
+        n = caps.chunk_frames
+        c.send(P.Trajectory(seq=1, w2c=forward_poses(start.w2c, 4 * n), intrinsics=INTR))
+        # turn around: a path that leaves the one in flight; its frames must be the ones that arrive next
+        back = forward_poses(start.w2c, n, step=-0.3)
+        c.send(P.Trajectory(seq=2, w2c=back, intrinsics=INTR))
+        c.send(P.Trajectory(seq=1, w2c=forward_poses(start.w2c, n), intrinsics=INTR))  # stale: ignored
+        msgs = c.recv_until("clip_done")
+        while msgs[-1].seq != 2:
+            msgs = c.recv_until("clip_done")
+        assert all(m.seq == 2 for m in msgs if m.type == "frame")
+        np.testing.assert_allclose(msgs[-2 if msgs[-2].type == "frame" else -3].w2c if False else
+                                   [m for m in msgs if m.type == "frame"][-1].w2c, back[-1])
+        # nothing more is generated: the seq-1 remainder was replaced by seq 2
+        with pytest.raises(TimeoutError):
+            while True:
+                m = c.recv(timeout=2.0)
+                assert m.type != "frame" or m.seq == 2
+    finally:
+        c.close()
+        server.stop()
+
+
+def test_sigkill_and_resume_loses_nothing_acknowledged(tiny_checkpoint, tmp_path, ctx):
+    sessions = tmp_path / "sessions"
+    server = ServerProcess(tiny_checkpoint, sessions)
+    identity = b"explorer-" + os.urandom(4).hex().encode()
+    c = Client(ctx, server.address, identity)
+    caps, _, start = open_session(c)
+    n = caps.chunk_frames
+    c.send(P.Trajectory(seq=1, w2c=forward_poses(start.w2c, n), intrinsics=INTR))
+    done = c.recv_until("clip_done")[-1]
+    c.send(P.EditRemoveBox(edit_id=1, box_min=np.full(3, -0.5), box_max=np.full(3, 0.5)))
+    ack = c.recv()
+    assert ack.type == "ack"
+    version = c.recv().version_to
+    server.stop(signal.SIGKILL)
+    c.close()
+
+    server = ServerProcess(tiny_checkpoint, sessions, extra=["--resume"])
+    c = Client(ctx, server.address, identity)
+    try:
+        c.send(P.Resync(have_version=version))
+        full = c.recv()
+        assert full.type == "memory_delta" and full.full and full.version_to == version
+        c.send(P.Trajectory(seq=2, w2c=forward_poses(start.w2c, n, offset=n + 1), intrinsics=INTR))
+        frames = [m for m in c.recv_until("clip_done") if m.type == "frame"]
+        assert frames[0].index == done.first_frame + done.num_frames  # the video continues where it was
+    finally:
+        c.close()
+        server.stop()
+
+
+def test_bad_input_gets_errors_and_server_keeps_serving(tiny_checkpoint, tmp_path, ctx):
+    server = ServerProcess(tiny_checkpoint, tmp_path / "sessions")
+    c = Client(ctx, server.address)
+    try:
+        c.sock.send_multipart([b"\x93garbage"])
+        assert c.recv().code == P.ErrorCode.MALFORMED
+        c.send(P.Trajectory(seq=1, w2c=forward_poses(np.eye(4), 2), intrinsics=INTR))
+        assert c.recv().code == P.ErrorCode.NO_SESSION
+        c.send(P.Frame.example())
+        assert c.recv().code == P.ErrorCode.INVALID  # a server-to-client message
+        c.send(P.Load(name="nothing_here"))
+        assert c.recv().code == P.ErrorCode.NOT_FOUND
+        frames = P.encode(P.Hello())
+        header = frames[0]
+        c.sock.send_multipart([bytes(header).replace(b"\x01", b"\x07", 1)])  # wrong protocol version
+        assert c.recv().type == "error"
+        caps, _, start = open_session(c)  # still serving
+        bad = forward_poses(start.w2c, caps.chunk_frames)
+        bad[1, 0, 0] = 2.0  # not a rotation (the protocol only checks finiteness and the last row)
+        try:
+            c.send(P.Trajectory(seq=1, w2c=bad, intrinsics=INTR))
+        except P.ProtocolError:
+            pass  # refused already at the sender
+        else:
+            assert c.recv().type == "error"
+        c.send(P.Heartbeat(t=1.0, seq=3))
+        assert c.recv().type == "heartbeat"
+    finally:
+        c.close()
+        server.stop()
+
+
+def test_broker_with_two_workers(tiny_checkpoint, tmp_path, ctx):
+    server = ServerProcess(tiny_checkpoint, tmp_path / "sessions", extra=["--workers", "2"])
+    clients = [Client(ctx, server.address) for _ in range(2)]
+    try:
+        for i, c in enumerate(clients):
+            c.send(P.Hello())
+            assert c.recv(timeout=60).type == "capabilities"
+            c.send(P.OpenProcedural(seed=i))
+            assert [c.recv().type for _ in range(3)] == ["ack", "memory_delta", "frame"]
+        for c in clients:
+            c.send(P.Heartbeat(t=0.0))
+            assert c.recv().type == "heartbeat"
+    finally:
+        for c in clients:
+            c.close()
+        server.stop()
