@@ -102,6 +102,8 @@ class MemoryDelta:
         if hit.any():
             a_rgb[hit] = _lookup(a_ids[hit], other.recolored_ids, other.recolored_rgb)
         o_rc = ~np.isin(other.recolored_ids, self.added_ids)
+        if self.full:  # a snapshot carries every point in `added`; recolours of anything else are moot
+            o_rc[:] = False
         s_rc = ~np.isin(self.recolored_ids, other.removed_ids) & ~np.isin(self.recolored_ids, other.recolored_ids)
         # A point added in self and removed in other never existed for the receiver: the two cancel.
         o_rm = other.removed_ids[~np.isin(other.removed_ids, self.added_ids)]

@@ -243,6 +243,12 @@ def test_old_versions_fall_out_of_the_log_and_get_a_full_snapshot():
     assert_states_equal(d.apply(*garbage), state(mem))  # a snapshot replaces whatever the client had
     recent = mem.delta_since(mem.version - 1)
     assert not recent.full
+    # a snapshot merged with later edits stays a snapshot of the newest state
+    ids = mem.ids[:3].copy()
+    later = mem.recolor(ids, np.array([4, 5, 6], np.uint8)).merge(mem.remove_ids(mem.ids[3:5]))
+    merged = d.merge(later)
+    assert merged.full and merged.version_to == mem.version
+    assert_states_equal(merged.apply(*garbage), state(mem))
 
 
 def test_capacity_evicts_lowest_confidence_then_oldest():
@@ -371,3 +377,44 @@ def test_bad_inputs_name_the_problem():
     with pytest.raises(ValueError, match="voxel_size"):
         SpatialMemory(voxel_size=0.0)
     assert len(mem) == 0 and mem.version == 0  # failed calls change nothing
+
+
+# --------------------------------------------------------------------------------------------- indexes
+def test_hash_map_against_a_dict_through_growth_tombstones_and_reuse():
+    from engine.memory.index import Int64HashMap
+
+    rng = np.random.default_rng(9)
+    h, ref = Int64HashMap(), {}
+    for _ in range(40):
+        keys = rng.permutation(np.unique(rng.integers(0, 20000, 1500)))
+        slots, found = h.find_or_insert(keys)
+        np.testing.assert_array_equal(found, [int(k) in ref for k in keys])
+        vals = rng.integers(0, 1 << 40, int((~found).sum()))
+        h.set_values(slots[~found], vals)
+        ref.update(zip(keys[~found].tolist(), vals.tolist()))
+        np.testing.assert_array_equal(h.values_at(slots[found]), [ref[int(k)] for k in keys[found]])
+        gone = rng.integers(0, 20000, 600)
+        h.remove(gone)
+        for k in gone.tolist():
+            ref.pop(k, None)
+        fresh = np.unique(rng.integers(20000, 30000, 300))
+        fresh = fresh[h.get(fresh) < 0]
+        h.insert_new(fresh, fresh * 3)  # reuses tombstones
+        ref.update(zip(fresh.tolist(), (fresh * 3).tolist()))
+        assert len(h) == len(ref)
+    q = np.arange(30000)
+    np.testing.assert_array_equal(h.get(q), [ref.get(int(k), -1) for k in q])
+    assert h.table_size >= len(ref) / h.max_load
+
+
+def test_batch_deduplication_falls_back_for_widely_spread_batches():
+    # 2^20 voxels apart on every axis: too spread to pack with the index into 63 bits, so lexsort decides
+    mem = SpatialMemory(voxel_size=0.01)
+    far = np.array([[-10000.0, -10000.0, -10000.0], [10000.0, 10000.0, 10000.0]], np.float32)
+    xyz = np.concatenate([far, far + 0.001, np.zeros((1, 3), np.float32)])
+    rgb = np.arange(15, dtype=np.uint8).reshape(5, 3)
+    mem.insert_points(xyz, rgb, confidence=np.array([0.5, 0.5, 0.9, 0.1, 1.0], np.float32))
+    assert len(mem) == 3
+    got = {tuple(p): tuple(c) for p, c in zip(mem.xyz.tolist(), mem.rgb.tolist())}
+    assert got[tuple((far[0] + 0.001).tolist())] == (6, 7, 8)  # the more confident copy won
+    assert got[tuple(far[1].tolist())] == (3, 4, 5)
