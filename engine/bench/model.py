@@ -2,7 +2,7 @@
 
 `spatia bench model --config tiny --json` measures, on synthetic inputs shaped by the config (num_refs
 references, history and target latent frames, control latents, text when the model has it):
-  - dit_step_ms: one DiT forward (a sampler step is 1 forward, 2 with classifier-free guidance);
+  - dit_step_ms: one sampler step inside the chunks (1 DiT forward, 2 with classifier-free guidance);
   - gflops_per_step: FLOPs of one sampler step (torch.utils.flop_counter, attention included);
   - chunk_ms: sampling all steps + decoding the clip's latents (history + target, fresh causal state);
     fps = chunk_frames / chunk time; first_frame_ms: chunk start until the first new frame is decoded;
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> dict:
 
     import torch
 
-    from engine.bench.timing import machine_info, matmul_peak_gflops, median_ms, synchronize
+    from engine.bench.timing import machine_info, matmul_peak_gflops, synchronize
     from engine.model.configs import ModelConfig
     from engine.model.dit import SpatiaDiT
     from engine.model.sampler import sample
@@ -87,21 +87,18 @@ def run(args: argparse.Namespace) -> dict:
     with torch.no_grad():
         forward = lambda: dit(x, t, refs=refs, control=control, text=text)  # noqa: E731
         flops_forward = count_flops(forward)
-        dit_step_ms = median_ms(forward, args.warmup, args.repeat)
-
         z = rand(1, c, fh + ft, h, w)
         clip_frames = cfg.latent_to_video_frames(fh + ft)
-        decode_ms = median_ms(lambda: vae.decode(z), args.warmup, args.repeat)
-
         scene = torch.rand(1, cfg.video_channels, clip_frames, cfg.height, cfg.width, generator=g).to(device, dtype)
         mask = (torch.rand(1, 1, clip_frames, cfg.height, cfg.width, generator=g) > 0.3).to(device, dtype)
-        control_encode_ms = median_ms(lambda: vae.encode_control(scene, mask), 1, max(1, args.repeat // 2))
 
-        def chunk() -> float:
-            """One chunk; returns ms until the first new frame is decoded."""
+        def chunk(step_times: list) -> tuple[float, float]:
+            """One chunk: sample all steps, then stream-decode history + target. -> (total ms, first-frame ms)."""
+            synchronize()
             t0 = time.perf_counter()
             target = sample(dit, cfg, history=history, refs=refs, control=control, text=text, steps=steps,
-                            solver=args.solver, generator=torch.Generator().manual_seed(1))  # fmt: skip
+                            solver=args.solver, generator=torch.Generator().manual_seed(1),
+                            callback=lambda info: step_times.append(info.step_ms))  # fmt: skip
             latents = target if history is None else torch.cat([history, target], dim=2)
             cache = vae.new_decode_cache()
             first_ms = None
@@ -111,22 +108,34 @@ def run(args: argparse.Namespace) -> dict:
                     synchronize()
                     first_ms = (time.perf_counter() - t0) * 1e3
                 del frames
-            return first_ms
+            synchronize()
+            return (time.perf_counter() - t0) * 1e3, first_ms
 
-        for _ in range(args.warmup):
-            chunk()
-        chunk_times, first_times = [], []
-        for _ in range(args.repeat):
+        def timed(fn) -> float:
             synchronize()
             t0 = time.perf_counter()
-            first_times.append(chunk())
+            fn()
             synchronize()
-            chunk_times.append((time.perf_counter() - t0) * 1e3)
+            return (time.perf_counter() - t0) * 1e3
+
+        # Rounds interleave every measurement, so a burst of load from other processes hits them alike.
+        for _ in range(args.warmup):
+            chunk([])
+            vae.decode(z)
+        chunk_times, first_times, step_times, decode_times, encode_times = [], [], [], [], []
+        for _ in range(args.repeat):
+            total, first = chunk(step_times)
+            chunk_times.append(total)
+            first_times.append(first)
+            decode_times.append(timed(lambda: vae.decode(z)))
+            encode_times.append(timed(lambda: vae.encode_control(scene, mask)))
 
     chunk_ms = statistics.median(chunk_times)
     peak = matmul_peak_gflops(args.peak_size)
+    step_ms = statistics.median(step_times)  # one sampler step: `passes` DiT forwards + the solver update
+    decode_ms = statistics.median(decode_times)
     gflops_per_step = flops_forward * passes / 1e9
-    achieved = flops_forward / 1e9 / (dit_step_ms / 1e3)
+    achieved = gflops_per_step / (step_ms / 1e3)
     return {
         "benchmark": "model",
         "config": cfg.name,
@@ -140,9 +149,9 @@ def run(args: argparse.Namespace) -> dict:
         "solver": args.solver or cfg.sample_solver,
         "forwards_per_step": passes,
         "gflops_per_step": round(gflops_per_step, 3),
-        "dit_step_ms": round(dit_step_ms * passes, 2),
+        "dit_step_ms": round(step_ms, 2),
         "vae_decode_ms_per_frame": round(decode_ms / clip_frames, 3),
-        "control_encode_ms": round(control_encode_ms, 2),
+        "control_encode_ms": round(statistics.median(encode_times), 2),
         "chunk_frames": cfg.chunk_frames,
         "chunk_ms": round(chunk_ms, 2),
         "fps": round(cfg.chunk_frames / (chunk_ms / 1e3), 2),
