@@ -10,7 +10,8 @@ then the benchmark times
 - retrieval_ms_1000 / retrieval_alg1_ms_100: the release and Algorithm-1 retrieval over that many candidates.
 Each number comes with a note on its bound: the bytes and operations per frame and what they cost at the
 memory bandwidth measured here. Process settings (glibc malloc thresholds, single-threaded OpenBLAS) are
-applied here, at the entry point, and reported; `--no-tune` leaves the process as it starts.
+applied here, at the entry point, and reported; `--no-tune` leaves the process as it starts. torch runs one
+intra-op thread unless `--threads` says otherwise.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alg1-candidates", type=int, default=100, help="candidates for Algorithm 1")
     parser.add_argument("--targets", type=int, default=72, help="target poses per retrieval (one clip)")
     parser.add_argument("--repeat", type=int, default=5, help="timed repetitions (medians are reported)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (0: torch's default). One, because on two cores shared with "
+                             "other processes torch's parallel regions wait for descheduled threads: measured "
+                             "25x slower renders with 2")
     parser.add_argument("--voxel", type=float, default=0.01, help="memory voxel size in metres")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-tune", action="store_true", help="do not change malloc or BLAS threading")
@@ -141,7 +145,7 @@ def run(args: argparse.Namespace) -> dict:
     from engine.memory.retrieval import Candidate, retrieve
 
     tuning = {} if args.no_tune else tune_process()
-    if args.threads is not None:
+    if args.threads:
         torch.set_num_threads(args.threads)
     gbps = memory_bandwidth_gbps()
     size, repeat = args.size, max(1, args.repeat)

@@ -52,7 +52,6 @@ FILE_FORMAT_VERSION = "1"
 _COORD_BITS = 21
 _COORD_OFFSET = 1 << (_COORD_BITS - 1)
 _COORD_LIMIT = 1 << _COORD_BITS
-_F32_BITS_MAX = np.int64(0x7FFFFFFF)
 _COLUMNS = {  # name -> (dtype, trailing shape)
     "xyz": (np.float32, (3,)),
     "rgb": (np.uint8, (3,)),
