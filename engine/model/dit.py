@@ -186,6 +186,7 @@ class SpatiaDiT(nn.Module):
         self.cfg = cfg
         d, c = cfg.dim, cfg.latent_channels
         self.attn_backend = "sdpa"
+        self._rope_cache: dict[tuple, torch.Tensor] = {}
         self.patch_embed = nn.Conv3d(c, d, cfg.patch, stride=cfg.patch)
         self.text_embed = MLP(cfg.text_dim, d, d, act="gelu") if cfg.text_dim is not None else None
         self.time_embed = MLP(cfg.freq_dim, d, d, act="silu")
@@ -223,6 +224,16 @@ class SpatiaDiT(nn.Module):
         tt, hh, ww = torch.meshgrid(t, torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
         hh = hh + gh * is_ref[:, None, None]  # references sit below the video grid in height
         return torch.stack([tt, hh, ww], dim=-1).reshape(-1, 3)
+
+    def _rope(self, k: int, f: int, gh: int, gw: int, device) -> torch.Tensor:
+        """Complex RoPE rotations of the layout, cached per (K, F, grid, device): a chunk reuses them every step."""
+        key = (k, f, gh, gw, str(device))
+        if key not in self._rope_cache:
+            if len(self._rope_cache) >= 16:
+                self._rope_cache.clear()
+            angles = rope_angles(self.positions(k, f, gh, gw, device), self.cfg.head_dim, self.cfg.rope_theta)
+            self._rope_cache[key] = rope_freqs(angles)
+        return self._rope_cache[key]
 
     def _check(self, x, t, refs, control, text) -> None:
         cfg = self.cfg
@@ -280,8 +291,7 @@ class SpatiaDiT(nn.Module):
         video = x if k == 0 else torch.cat([refs.to(x.dtype), x], dim=2)  # [B, C, K+F, h, w]
         tokens = self._embed(self.patch_embed, video)  # [B, (K+F)*tpf, D]
 
-        angles = rope_angles(self.positions(k, f, gh, gw, x.device), cfg.head_dim, cfg.rope_theta)  # [L, Dh/2]
-        rope = rope_freqs(angles)  # [L, Dh/2] complex
+        rope = self._rope(k, f, gh, gw, x.device)  # [L, Dh/2] complex
 
         tf = t[:, None].expand(b, f) if t.dim() == 1 else t  # [B, F]
         tf = torch.cat([tf.new_zeros(b, k), tf], dim=1)  # [B, K+F]; references are clean
