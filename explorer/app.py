@@ -139,7 +139,7 @@ class ExplorerApp:
         self.capabilities: Capabilities | None = None
         self.world_T = np.eye(4)  # server world -> viewer world (see up_frame)
         self.intrinsics: np.ndarray | None = self._intrinsics_of(open_message)  # session's normalised [4]
-        self.view_rate, self.gen_rate = RateMeter(), RateMeter()
+        self.view_rate, self.gen_rate = RateMeter(), RateMeter()  # view: app clock; generation: wall clock
         self.latency_ms: float | None = None
         self.latencies_ms: list[float] = []
         self.real_latencies_ms: list[float] = []
@@ -279,7 +279,7 @@ class ExplorerApp:
 
     def _on_frame(self, frame: Frame, now: float) -> None:
         self.frames_received += 1
-        self.gen_rate.tick(now)
+        self.gen_rate.tick(time.monotonic())  # the server's real rate, also when the app's clock is simulated
         self.streamer.on_frame(frame)
         self.recorder.add(np.asarray(frame.rgb))
         if frame.seq == 0 and self.await_start:  # the start frame of an open or load (trajectories count from 1)
@@ -514,7 +514,7 @@ class ExplorerApp:
             mode += f" | edit ({len(self.editor.selected):,} selected)"
         if self.recorder.recording:
             mode += f" | REC {self.recorder.frames}"
-        return HudState(view_fps=self.view_rate.rate(now), gen_fps=self.gen_rate.rate(now),
+        return HudState(view_fps=self.view_rate.rate(now), gen_fps=self.gen_rate.rate(time.monotonic()),
                         latency_ms=self.latency_ms, points=self.view.num_points, points_drawn=self.view.points_drawn,
                         backend=backend, queue_depth=self.streamer.pending, connection=self.connection(), mode=mode,
                         message=self.notice)
@@ -794,10 +794,9 @@ def run_headless(make_app: Callable[[moderngl.Context, Callable[[], float]], Exp
                             stalled, stall_mark, stalls = True, app.frames_received, stalls + 1
                             app.say(f"the server sent nothing for {hc.max_wait_s:.0f} s: going on without it")
                         waited += time.monotonic() - t0
-                t0 = time.perf_counter()
+                # no frame times are reported: the video's rate is simulated, so the point budget stays whole
                 app.tick(fbo, (hc.width, hc.height))
                 video.append(read_rgb(fbo))
-                app.view.report_frame_time((time.perf_counter() - t0) * 1e3)
                 if progress is not None:
                     progress(k + 1, total)
             frames = video.frames

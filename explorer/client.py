@@ -16,6 +16,7 @@ runs `spatia serve` as a child process and stops it on exit.
 
 from __future__ import annotations
 
+import copy
 import enum
 import math
 import secrets
@@ -274,11 +275,13 @@ class Client:
 
 # --------------------------------------------------------------------------------------------- pose stream
 class Camera(Protocol):
-    """What PoseStreamer needs of the camera controller."""
+    """What PoseStreamer needs of the camera controller (explorer.camera.CameraController)."""
 
     moving: bool
 
     def predict(self, n: int, fps: float) -> np.ndarray: ...
+
+    def update(self, dt: float) -> None: ...
 
 
 @dataclass
@@ -304,6 +307,7 @@ class SentChunk:
     w2c: np.ndarray  # [N, 4, 4] the predicted poses (viewer world)
     t_input: float
     input_driven: bool  # sent because the input changed (its first frame measures motion-to-frame latency)
+    camera: Camera  # a copy of the camera when sent: with unchanged input it predicts the same path at any time
     received: int = 0
     latency_measured: bool = False
     t_real_sent: float = field(default_factory=time.perf_counter)  # wall clock, for runs on a simulated clock
@@ -313,8 +317,9 @@ class PoseStreamer:
     """Turns the camera's predicted path into Trajectory chunks: on input changes and to keep the server fed.
 
     - A chunk holds `chunks_ahead * chunk_frames` poses from `camera.predict` at the server's fps.
-    - After an input event, the new prediction is compared with what was sent, aligned in time; if it differs
-      by more than the tolerances, it is sent (at most every `min_interval_s`, and only once the server has
+    - After an input event, the new prediction is compared with the path the last chunk implied (a copy of the
+      camera as it was when sent, advanced to now in closed form); if they differ by more than the tolerances, it
+      is sent (at most every `min_interval_s`, and only once the server has
       started answering the previous chunk, or `stall_s` passed: a newer chunk makes the server abandon the clip
       in flight, so sending on every mouse event would starve it).
     - While the camera moves, a new chunk goes out when fewer than `chunk_frames` poses of the current one are
@@ -374,7 +379,7 @@ class PoseStreamer:
         if cur is None:
             if not (camera.moving or self.input_dirty):
                 return None
-            return self._send(camera.predict(n, self.fps), now, to_server, input_driven=self.input_dirty)
+            return self._send(camera, n, now, to_server, input_driven=self.input_dirty)
         since = now - cur.t_sent
         if self.input_dirty:
             if since < c.min_interval_s:
@@ -382,31 +387,31 @@ class PoseStreamer:
             answered = cur.received > 0 or since >= c.stall_s
             if not answered:
                 return None
-            poses = camera.predict(n, self.fps)
-            if self._differs(poses, now):
-                return self._send(poses, now, to_server, input_driven=True)
+            if self._differs(camera, n, now):
+                return self._send(camera, n, now, to_server, input_driven=True)
             self.input_dirty = False
         if camera.moving and len(cur.w2c) - cur.received < self.chunk_frames:
-            return self._send(camera.predict(n, self.fps), now, to_server, input_driven=False)
+            return self._send(camera, n, now, to_server, input_driven=False)
         return None
 
-    def _differs(self, poses: np.ndarray, now: float) -> bool:
-        """Does the new prediction [n, 4, 4] leave what was sent, compared at the same future times?"""
+    def _differs(self, camera: Camera, n: int, now: float) -> bool:
+        """Does the camera's path over the next n frames leave the one the last chunk implied?"""
         cur = self.current
-        offset = (now - cur.t_sent) * self.fps
-        idx = np.clip(np.round(offset + np.arange(len(poses))).astype(np.int64), 0, len(cur.w2c) - 1)
-        old = cur.w2c[idx]  # [n, 4, 4]
+        then = copy.deepcopy(cur.camera)
+        then.update(max(0.0, now - cur.t_sent))  # closed form: the old input carried on until now
+        poses, old = camera.predict(n, self.fps), then.predict(n, self.fps)  # [n, 4, 4] each
         centre = lambda m: -np.einsum("nji,nj->ni", m[:, :3, :3], m[:, :3, 3])  # noqa: E731  c = -R^T t
         moved = np.linalg.norm(centre(poses) - centre(old), axis=1).max()
         cos = (np.einsum("nij,nij->n", poses[:, :3, :3], old[:, :3, :3]) - 1.0) / 2.0  # trace(R_a R_b^T)
         turned = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).max()
         return bool(moved > self.config.position_tol_m or turned > self.config.angle_tol_deg)
 
-    def _send(self, poses: np.ndarray, now: float, to_server, input_driven: bool) -> Trajectory:
+    def _send(self, camera: Camera, n: int, now: float, to_server, input_driven: bool) -> Trajectory:
         self.seq += 1
         t_input = self.input_t if input_driven else now
+        poses = camera.predict(n, self.fps)  # [n, 4, 4]
         traj = Trajectory(seq=self.seq, w2c=to_server(poses), intrinsics=self.intrinsics, t_input=t_input)
-        self.current = SentChunk(self.seq, now, poses, t_input, input_driven)
+        self.current = SentChunk(self.seq, now, poses, t_input, input_driven, copy.deepcopy(camera))
         self.chunks[self.seq] = self.current
         while len(self.chunks) > self.config.keep_chunks:
             self.chunks.popitem(last=False)

@@ -220,8 +220,9 @@ class SelectionOverlay:
         self.vbo_xyz.write(xyz)
 
     def draw_points(self, mvp: np.ndarray, focal_px: float, sprite_m: float, px_range: tuple[float, float],
-                    viewport: Rect) -> None:
-        """Selected points as sprites a little larger than the memory's, passing the depth test on ties."""
+                    viewport: Rect, scale: float = 0.5, min_px: float = 2.0) -> None:
+        """Selected points as dots at the centres of their sprites (`scale` of their size, at least min_px), so a
+        selection stays visible without hiding its colours; they pass the depth test on ties with their own."""
         if not self.count or self.vao is None:
             return
         ctx = self.ctx
@@ -232,8 +233,8 @@ class SelectionOverlay:
         p = self.prog
         p["mvp"].write(mat4_bytes(mvp))
         p["focal_px"].value = float(focal_px)
-        p["world_size"].value = float(sprite_m) * 1.3
-        p["size_range"].value = (float(px_range[0]) + 1.0, float(px_range[1]) + 1.0)
+        p["world_size"].value = float(sprite_m) * scale
+        p["size_range"].value = (max(float(px_range[0]) * scale, min_px), max(float(px_range[1]) * scale, min_px))
         p["round_points"].value = False
         self.vao.render(moderngl.POINTS, vertices=self.count)
         ctx.depth_func = "<"

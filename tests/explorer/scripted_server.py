@@ -327,3 +327,19 @@ class ScriptedServer:
             pts = (np.concatenate(faces) + np.asarray(msg.center)).astype(np.float32)
             self.send(identity, Ack(ref_type=msg.type, ref_id=msg.edit_id))
             self._commit(identity, sess, added=pts, added_rgb=np.tile(np.asarray(msg.rgb, np.uint8), (len(pts), 1)))
+
+
+if __name__ == "__main__":  # a child process for LocalServer tests: scripted_server.py --bind ADDRESS [--resume]
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bind", required=True)
+    parser.add_argument("--resume", action="store_true")  # accepted like spatia serve's (sessions die with us)
+    args = parser.parse_args()
+    server = ScriptedServer(args.bind).start()
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    print(f"READY {server.address}", flush=True)
+    done.wait()
+    server.close()
