@@ -8,7 +8,9 @@
      "export": "models/tiny",              optional: where the final model (vae + dit) is written
      "settings": {...},                    engine.train.loop.TrainSettings fields
      "loss": {...},                        stage options (vae: kl_weight, depth_weight; dit: DitLossSettings fields)
-     "samples": {...}}                     dit stage: engine.train.dit.SampleSettings fields
+     "samples": {...},                     dit stage: engine.train.dit.SampleSettings fields
+     "cache": "data/tiny-dit-cache",       dit stage, optional: encode the samples once (engine.train.cache)
+     "cache_every": 2}                     ...keeping every n-th sample
 
 Runs resume from `out/checkpoint.pt` when it exists. Under torchrun, every rank runs this same command (DDP, gloo on
 CPU, nccl on GPUs).
@@ -47,6 +49,12 @@ def load_config(path: str | Path) -> dict:
     if cfg["stage"] not in ("vae", "dit"):
         raise SystemExit(f"error: {path}: stage must be 'vae' or 'dit', got {cfg['stage']!r}")
     return cfg
+
+
+def trainer_rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,6 +98,15 @@ def run(args: argparse.Namespace) -> int:
         if "depth_range" in samples:
             samples["depth_range"] = tuple(samples["depth_range"])
         data = SpatiaSamples(conf["data"], cfg, SampleSettings(**samples), seed=settings.seed)
+        if conf.get("cache"):
+            from engine.train.cache import CachedSamples, build_cache
+
+            if trainer_rank() == 0:
+                build_cache(data, vae, cfg, conf["cache"], every=conf.get("cache_every", 1),
+                            workers=conf.get("cache_workers", 1), progress=not args.quiet)
+            if dist.is_initialized():
+                dist.barrier()
+            data = CachedSamples(conf["cache"], cfg)
         model = SpatiaDiT(cfg)
         loss_fn = make_dit_loss(cfg, vae, DitLossSettings(**conf.get("loss", {})))
 

@@ -126,22 +126,29 @@ class DitLossSettings:
     logit_std: float = 1.0
 
 
-def make_dit_loss(cfg: ModelConfig, vae: nn.Module, settings: DitLossSettings | None = None):
-    st = settings or DitLossSettings()
-    vae = vae.eval().requires_grad_(False)
+@torch.no_grad()
+def encode_batch(vae: nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Raw samples -> (x0 [B, z, Fh + Ft, h, w], refs [B, z, K, h, w], control [B, 2z, Fh + Ft, h, w])."""
+    b, c, k = batch["refs"].shape[:3]
+    x0 = vae.encode(batch["clip"]).mode()  # the first latent is the history frame, encoded alone by causality
+    refs = batch["refs"].permute(0, 2, 1, 3, 4).reshape(b * k, c, 1, *batch["refs"].shape[-2:])
+    r = vae.encode(refs).mode()  # [B*K, z, 1, h, w]: each reference encoded alone
+    r = r.reshape(b, k, *r.shape[1:]).squeeze(3).permute(0, 2, 1, 3, 4)  # [B, z, K, h, w]
+    control = vae.encode_control(batch["scene"], batch["coverage"])  # [B, 2z, Fh + Ft, h, w]
+    return x0, r, control
 
-    @torch.no_grad()
-    def encode(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        b, c, k = batch["refs"].shape[:3]
-        x0 = vae.encode(batch["clip"]).mode()  # [B, z, 1 + Lt, h, w]; the first latent is the history frame alone
-        refs = batch["refs"].permute(0, 2, 1, 3, 4).reshape(b * k, c, 1, *batch["refs"].shape[-2:])
-        r = vae.encode(refs).mode()  # [B*K, z, 1, h, w]: each reference encoded alone
-        r = r.reshape(b, k, *r.shape[1:]).squeeze(3).permute(0, 2, 1, 3, 4)  # [B, z, K, h, w]
-        control = vae.encode_control(batch["scene"], batch["coverage"])  # [B, 2z, 1 + Lt, h, w]
-        return x0, r, control
+
+def make_dit_loss(cfg: ModelConfig, vae: nn.Module | None, settings: DitLossSettings | None = None):
+    """Loss on raw samples (encoded here with the frozen `vae`) or on cached latents (keys x0, refs, control)."""
+    st = settings or DitLossSettings()
+    if vae is not None:
+        vae = vae.eval().requires_grad_(False)
 
     def loss_fn(dit: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        x0, refs, control = encode(batch)
+        if "x0" in batch:
+            x0, refs, control = batch["x0"], batch["refs"], batch["control"]
+        else:
+            x0, refs, control = encode_batch(vae, batch)
         gens = per_sample_generators(batch["sample_seed"])
         fh = cfg.history_latent_frames
         hist, target = x0[:, :, :fh], x0[:, :, fh:]
@@ -159,7 +166,7 @@ def make_dit_loss(cfg: ModelConfig, vae: nn.Module, settings: DitLossSettings | 
         u = torch.rand(2, generator=per_sample_generators(batch["sample_seed"][:1] + 1)[0])
         use_refs = bool(u[0] >= st.drop_refs)
         use_scene = bool(u[1] >= st.drop_scene)
-        tt = torch.cat([torch.zeros(b, fh), t[:, None].expand(b, target.shape[2]).cpu()], 1).to(x0)  # [B, Fh + Ft]
+        tt = torch.cat([torch.zeros(b, fh, device=x0.device), t[:, None].expand(b, target.shape[2])], 1)  # [B, Fh + Ft]
         v = dit(torch.cat([hist_aug, xt], 2), tt, refs=refs if use_refs else None, control=control if use_scene else None)
         loss = F.mse_loss(v[:, :, -target.shape[2]:].float(), (noise - target).float())  # output covers [refs | hist | target]
         return loss, {"t_aug": float(t_aug.mean()), "refs_on": float(use_refs), "scene_on": float(use_scene)}

@@ -1,0 +1,94 @@
+"""Encoded DiT training samples on disk: build once with the frozen VAE, then train for many epochs at the cost of
+the DiT alone.
+
+Building a sample (memory, renders, retrieval) and encoding it (clip, references, control) costs far more on a CPU
+than one DiT training step, and the VAE is frozen in the DiT stage, so the encoded latents are stored in float16
+memory maps:
+
+    <dir>/x0.npy        [N, z, Fh + Ft, h, w]   history + target latents
+    <dir>/refs.npy      [N, z, K, h, w]          reference latents (each encoded alone)
+    <dir>/control.npy   [N, 2z, Fh + Ft, h, w]   scene-video ++ coverage latents
+    <dir>/meta.json     sample indices, the config, and `done` (samples written); building resumes from `done`
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from engine.model.configs import ModelConfig
+
+FORMAT = "spatia-dit-cache"
+
+
+def _shapes(cfg: ModelConfig, n: int) -> dict[str, tuple]:
+    f = cfg.history_latent_frames + cfg.chunk_latent_frames
+    z, h, w = cfg.latent_channels, cfg.latent_height, cfg.latent_width
+    return {"x0": (n, z, f, h, w), "refs": (n, z, cfg.num_refs, h, w), "control": (n, 2 * z, f, h, w)}
+
+
+def build_cache(samples: Dataset, vae: torch.nn.Module, cfg: ModelConfig, out: str | Path, every: int = 1,
+                batch_size: int = 8, workers: int = 1, progress: bool = True) -> Path:
+    """Encode every `every`-th sample of `samples` into `out` (resumable: finished batches are kept)."""
+    from tqdm import tqdm
+
+    from engine.train.dit import encode_batch
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    indices = list(range(0, len(samples), every))
+    meta_file = out / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else None
+    if meta is not None and (meta["indices"] != indices or meta["model"] != cfg.to_dict()):
+        raise ValueError(f"{out} holds a cache of other samples or another config; remove it or choose another folder")
+    done = meta["done"] if meta else 0
+    mode = "r+" if meta else "w+"
+    arrays = {k: np.lib.format.open_memmap(out / f"{k}.npy", mode=mode, dtype=np.float16, shape=s)
+              for k, s in _shapes(cfg, len(indices)).items()}
+    meta = {"format": FORMAT, "indices": indices, "model": cfg.to_dict(), "done": done}
+    loader = DataLoader(Subset(samples, indices[done:]), batch_size=batch_size, num_workers=workers,
+                        persistent_workers=False)
+    bar = tqdm(total=len(indices), initial=done, disable=not progress, unit="sample", desc="encode samples")
+    vae = vae.eval()
+    for batch in loader:
+        x0, refs, control = encode_batch(vae, batch)
+        n = x0.shape[0]
+        for k, v in (("x0", x0), ("refs", refs), ("control", control)):
+            arrays[k][done : done + n] = v.cpu().numpy().astype(np.float16)
+        done += n
+        for a in arrays.values():
+            a.flush()
+        meta["done"] = done
+        tmp = meta_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, meta_file)  # progress is recorded only after the data it counts is on disk
+        bar.update(n)
+    bar.close()
+    return out
+
+
+class CachedSamples(Dataset):
+    """The encoded samples of a finished cache, as float32 tensors."""
+
+    def __init__(self, root: str | Path, cfg: ModelConfig):
+        root = Path(root)
+        meta_file = root / "meta.json"
+        if not meta_file.is_file():
+            raise FileNotFoundError(f"no DiT sample cache at {root} (build it with the dit stage's 'cache' option)")
+        meta = json.loads(meta_file.read_text())
+        if meta.get("format") != FORMAT or meta["model"] != cfg.to_dict():
+            raise ValueError(f"{root} is not a DiT sample cache for this model config")
+        if meta["done"] < len(meta["indices"]):
+            raise ValueError(f"{root} is unfinished ({meta['done']} of {len(meta['indices'])} samples)")
+        self.arrays = {k: np.load(root / f"{k}.npy", mmap_mode="r") for k in ("x0", "refs", "control")}
+
+    def __len__(self) -> int:
+        return len(self.arrays["x0"])
+
+    def __getitem__(self, i: int) -> dict:
+        return {k: torch.from_numpy(np.asarray(a[i], np.float32)) for k, a in self.arrays.items()}
