@@ -8,11 +8,14 @@ references, history and target latent frames, control latents, text when the mod
     fps = chunk_frames / chunk time; first_frame_ms: chunk start until the first new frame is decoded;
   - control_encode_ms: encoding the scene video + coverage mask of one clip (the conditioning cost per chunk);
   - peak_gflops: a large fp32 matmul in the same run; achieved_gflops: DiT FLOPs / DiT time.
+On a CPU shared with other processes run it as `OMP_WAIT_POLICY=PASSIVE spatia bench model ...`: spinning OpenMP
+threads otherwise stall each other whenever one is descheduled (10x slower steps on a busy 2-core machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 
@@ -159,5 +162,8 @@ def run(args: argparse.Namespace) -> dict:
         "peak_gflops": round(peak, 1),
         "achieved_gflops": round(achieved, 1),
         "peak_ratio": round(peak / achieved, 2),
+        # OpenMP's default spin-waiting collapses 2-thread torch when other processes share the cores;
+        # OMP_WAIT_POLICY=PASSIVE (set before torch starts) keeps it robust. Reported so runs can be compared.
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "machine": machine_info(),
     }
