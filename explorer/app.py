@@ -43,7 +43,7 @@ from explorer.script import Script, ScriptPlayer, Step
 
 # every key name the app reacts to (docs/explorer.md says what each does); scripts may use any of them
 KEY_NAMES = CAMERA_KEYS | frozenset({"tab", "x", "delete", "backspace", "c", "b", "u", "z", "ctrl", "f5", "f9", "f12",
-                                     "r", "escape"})
+                                     "r", "h", "escape"})
 STATUS_DELAY_S = 0.5  # a connecting state shorter than this is not worth a centred message
 
 
@@ -58,7 +58,8 @@ class AppConfig:
     out_dir: Path = Path("explorer-output")  # recordings and screenshots
     mode: PanelMode = PanelMode.SIDE_BY_SIDE
     font_size: int = 14
-    notice_s: float = 4.0  # how long a notice stays in the middle of the screen
+    hud: bool = True  # show the HUD (H toggles)
+    notice_s: float = 4.0  # how long a notice stays at the bottom of the screen
     max_lag_s: float = 1.0  # playback holds at most this much video before skipping ahead
     max_server_restarts: int = 3  # a local server that dies is restarted (with --resume) this often
     background: tuple[float, float, float] = (0.04, 0.04, 0.05)
@@ -97,22 +98,22 @@ def viewport_K(intrinsics: np.ndarray, vw: int, vh: int, frame_aspect: float) ->
 
 
 class StatusText:
-    """One centred line of text (connection trouble, notices), rendered like the HUD."""
+    """One line of text, centred or at the bottom centre (connection trouble, notices), rendered like the HUD."""
 
     def __init__(self, ctx: moderngl.Context, font):
         self.quad = TexturedQuad(ctx, filter_linear=False)
         self.font = font
         self.text = ""
 
-    def draw(self, text: str, viewport: Rect) -> None:
+    def draw(self, text: str, viewport: Rect, centred: bool = True, margin: int = 12) -> None:
         if not text:
             return
         if text != self.text:
-            self.quad.upload(render_text([text], self.font, padding=10, background=(0, 0, 0, 190)))
+            self.quad.upload(render_text([text], self.font, padding=8, background=(0, 0, 0, 190)))
             self.text = text
         x, y, w, h = viewport
         tw, th = self.quad.size
-        self.quad.draw((x + (w - tw) // 2, y + (h - th) // 2, tw, th), viewport)
+        self.quad.draw((x + (w - tw) // 2, y + ((h - th) // 2 if centred else margin), tw, th), viewport)
 
     def release(self) -> None:
         self.quad.release()
@@ -131,7 +132,9 @@ class ExplorerApp:
         self.view = MemoryView(ctx, c.view)
         self.panel = FramePanel(ctx, fps=24.0, max_lag_s=c.max_lag_s, mode=c.mode)
         self.hud = Hud(ctx, font_size=c.font_size)
+        self.show_hud = c.hud
         self.status = StatusText(ctx, self.hud.font)
+        self.notice_text = StatusText(ctx, self.hud.font)
         self.editor = Editor(c.edit)
         self.overlay = SelectionOverlay(ctx, c.edit.highlight_rgb)
         self.streamer = PoseStreamer(c.stream)
@@ -183,7 +186,7 @@ class ExplorerApp:
         self.client.open(msg)
 
     def say(self, text: str) -> None:
-        """A notice: centred for a few seconds, then kept on the HUD's last line."""
+        """A notice: at the bottom of the screen for a few seconds, then kept on the HUD's last line."""
         self.notice, self.notice_until = text, self.clock() + self.config.notice_s
 
     @property
@@ -342,6 +345,8 @@ class ExplorerApp:
             fps = self.capabilities.fps if self.capabilities else None
             on, path = self.recorder.toggle(fps)
             self.say(f"recording generated frames to {path}" if on else f"saved {path}")
+        elif name == "h":
+            self.show_hud = not self.show_hud
         elif name == "escape":
             if self.pointer_captured:
                 self.pointer_captured = False
@@ -501,9 +506,13 @@ class ExplorerApp:
         if self.drag is not None:
             (x0, y0), (x1, y1) = self.drag
             self.overlay.draw_rect((int(min(x0, x1)), int(min(y0, y1)), int(abs(x1 - x0)), int(abs(y1 - y0))), full)
-        self.hud.update(self.hud_state(now), now)
-        self.hud.draw(full)
-        self.status.draw(self.status_line(now), full)
+        if self.show_hud:
+            self.hud.update(self.hud_state(now), now)
+            self.hud.draw(full)
+        alert = self.alert(now)
+        self.status.draw(alert, full, centred=True)
+        if not alert and now < self.notice_until:
+            self.notice_text.draw(self.notice, full, centred=False)
 
     # ----------------------------------------------------------------------------------------- HUD
     def hud_state(self, now: float) -> HudState:
@@ -525,8 +534,8 @@ class ExplorerApp:
         return {LinkState.CONNECTING: Connection.CONNECTING, LinkState.CONNECTED: Connection.CONNECTED,
                 LinkState.WAITING: Connection.CONNECTED, LinkState.RECONNECTING: Connection.LOST}[self.client.state]
 
-    def status_line(self, now: float) -> str:
-        """The centred message: connection trouble first, then a fresh notice."""
+    def alert(self, now: float) -> str:
+        """The centred message: what is wrong with the connection or the session, empty when all is well."""
         cl = self.client
         if cl is not None:
             if cl.state is LinkState.RECONNECTING:
@@ -537,7 +546,7 @@ class ExplorerApp:
                 return f"waiting for the server (silent for {cl.silence_s:.0f} s)"
             if not self.session_ready and cl.state is LinkState.CONNECTED:
                 return "opening the session ..."
-        return self.notice if now < self.notice_until else ""
+        return ""
 
     # ----------------------------------------------------------------------------------------- upkeep
     def _watch_local_server(self) -> None:
@@ -557,7 +566,7 @@ class ExplorerApp:
 
     def release(self) -> None:
         self.recorder.stop()
-        for obj in (self.view, self.panel, self.hud, self.status, self.overlay):
+        for obj in (self.view, self.panel, self.hud, self.status, self.notice_text, self.overlay):
             obj.release()
 
 
