@@ -17,14 +17,13 @@ intra-op thread unless `--threads` says otherwise.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import glob
 import os
 import time
 
 import numpy as np
 
 from engine.bench.timing import machine_info, median_ms
+from engine.runtime import tune_process
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,33 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------------------------- process
-def tune_process() -> dict:
-    """Entry-point settings that matter for NumPy/torch on small shared CPUs; returns what was applied.
-
-    - glibc returns large freed blocks to the OS by default, so every big temporary array is page-faulted in
-      again (several times the cost of the arithmetic on a VM); raising the mmap/trim thresholds keeps them.
-    - OpenBLAS spins up threads even for 65k x 3 matmuls; on two shared cores that is 10-100x slower.
-    """
-    applied = {}
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, (1 << 31) - 1)
-        applied["malloc_keep_freed_memory"] = bool(ok)
-    except OSError:
-        applied["malloc_keep_freed_memory"] = False
-    libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
-    applied["openblas_threads"] = None
-    for path in glob.glob(os.path.join(libdir, "libscipy_openblas*.so*")):
-        lib = ctypes.CDLL(path)
-        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads"):
-            if hasattr(lib, name):
-                getattr(lib, name)(1)
-                applied["openblas_threads"] = 1
-                break
-    return applied
-
-
 def memory_bandwidth_gbps(mb: int = 64) -> float:
     """Measured copy bandwidth (read + write bytes per second): the bound for streaming array work."""
     a = np.ones(mb << 18, np.float32)

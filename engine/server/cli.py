@@ -45,9 +45,10 @@ def _load_model(args):
 
     from engine.model.backends import apply_backend
     from engine.pipeline import WorldModel
+    from engine.runtime import set_threads, tune_process
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    tune_process()
+    set_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = WorldModel.load(args.model, device=device)
     model.dit, backend = apply_backend(model.dit, model.cfg, args.backend)

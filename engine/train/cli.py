@@ -65,9 +65,11 @@ def run(args: argparse.Namespace) -> int:
     from engine.model.configs import ModelConfig
     from engine.train.loop import Trainer, TrainSettings
 
+    from engine.runtime import set_threads, tune_process
+
     conf = load_config(args.config)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    tune_process()
+    set_threads(args.threads)
     if "RANK" in os.environ and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
