@@ -149,6 +149,13 @@ FrameCallback = Callable[[int, np.ndarray, np.ndarray | None, np.ndarray, dict],
 
 
 # --------------------------------------------------------------------------------------------- shared with training
+def retrieval_options(method: str, cfg: ModelConfig, k: int) -> dict:
+    """Retrieval settings for one chunk: the release samples target poses, spaced so K references can be found."""
+    if method == "release":
+        return {"k": k, "every": max(1, cfg.chunk_frames // max(k, 1))}
+    return {"k": k}
+
+
 def video_tensor(rgb: np.ndarray | torch.Tensor, depth: np.ndarray | torch.Tensor | None, cfg: ModelConfig) -> torch.Tensor:
     """uint8 rgb [F, H, W, 3] (+ depth [F, H, W]) -> VAE input [1, C, F, H, W] (rgb in [0, 1], depth metric)."""
     rgb = torch.as_tensor(np.asarray(rgb)).permute(3, 0, 1, 2).float() / 255.0  # [3, F, H, W]
@@ -470,9 +477,14 @@ class WorldSession:
         k = cfg.num_refs if opt.num_refs is None else min(opt.num_refs, cfg.num_refs)
         ref_ids: list[tuple[int, float]] = []
         if opt.use_references and k > 0 and len(self.frames) > 1:
-            candidates = [Candidate(f.index, f.camera, self._frame_points(f) if opt.retrieval == "alg1" else None)
-                          for f in self.frames[:-1]]
-            ref_ids = retrieve(opt.retrieval, targets, candidates, self.memory, k=k)
+            if opt.retrieval == "alg1":  # Algorithm 1 registers point sets: frames without depth cannot take part
+                candidates = [Candidate(f.index, f.camera, pts) for f in self.frames[:-1]
+                              if (pts := self._frame_points(f)) is not None and len(pts)]
+            else:
+                candidates = [Candidate(f.index, f.camera) for f in self.frames[:-1]]
+            if candidates:
+                ref_ids = retrieve(opt.retrieval, targets, candidates, self.memory,
+                                   **retrieval_options(opt.retrieval, cfg, k))
         by_index = {f.index: f for f in self.frames}
         refs = [by_index[i] for i, _ in ref_ids]
         timings["retrieval"] = (time.perf_counter() - t0) * 1e3
@@ -562,15 +574,15 @@ class WorldSession:
         return ChunkResult(self.clip - 1, first_index, rgb_arr, depth_arr, poses[:n_new], delta, timings, ref_ids,
                            scene_rgb, coverage, dynamic)
 
-    def _frame_points(self, frame: StoredFrame, max_points: int = 4096) -> np.ndarray | None:
+    def _frame_points(self, frame: StoredFrame, voxel: float = 0.05) -> np.ndarray | None:
+        """A frame's back-projected points, one per `voxel` (Algorithm 1's IoU grid) so the IoU is not biased."""
         if frame.depth is None:
             return None
         pts = geometry.unproject(frame.depth, frame.camera.K, frame.camera.w2c).reshape(-1, 3)
-        valid = (frame.depth.reshape(-1) > self.options.depth_range[0]) & (frame.depth.reshape(-1) < self.options.depth_range[1])
-        pts = pts[valid]
-        if len(pts) > max_points:
-            pts = pts[np.random.default_rng(frame.index).choice(len(pts), max_points, replace=False)]
-        return pts.astype(np.float32)
+        d = frame.depth.reshape(-1)
+        pts = pts[(d > self.options.depth_range[0]) & (d < self.options.depth_range[1])]
+        _, first = np.unique(np.floor(pts / voxel).astype(np.int64), axis=0, return_index=True)
+        return pts[np.sort(first)].astype(np.float32)
 
     def _drop_old_frames(self) -> None:
         excess = len(self.frames) - self.options.max_stored_frames

@@ -26,17 +26,11 @@ from engine.memory.pointcloud import SpatialMemory
 from engine.memory.render import render
 from engine.memory.retrieval import Candidate, retrieve
 from engine.model.configs import ModelConfig
+from engine.pipeline import retrieval_options
 from engine.train.loop import per_sample_generators
 from engine.world.dataset import list_sequences, load_array
 
 T_AUG_MAX = 50  # of 1000 scheduler steps
-
-
-def retrieval_options(method: str, cfg: ModelConfig, k: int) -> dict:
-    """Retrieval settings for one chunk: the release samples target poses, spaced so K references can be found."""
-    if method == "release":
-        return {"k": k, "every": max(1, cfg.chunk_frames // max(k, 1))}
-    return {"k": k}
 
 
 @dataclass
