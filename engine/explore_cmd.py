@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -370,6 +371,8 @@ def _run(args: argparse.Namespace) -> int:
             app.camera.set_pose(np.asarray(msg.w2c))
         return app
 
+    # a terminated explorer still stops its server: SIGTERM unwinds like Ctrl+C, through the finally below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         if args.headless:
             hc = HeadlessConfig(fps=args.fps, width=size[0], height=size[1], max_wait_s=args.max_wait)

@@ -151,17 +151,17 @@ class ExplorerApp:
         self.right_look = False  # look while the right button is held
         self.drag: tuple[tuple[float, float], tuple[float, float]] | None = None  # framebuffer px, y up
         self.should_close = False
-        self.await_start = False  # put the camera at the next start frame (index 0)
+        self.await_start = False  # put the camera at the next start frame (seq 0)
         self.awaiting_full = False  # a Resync is out: incremental deltas are skipped until the full one
         self.session_ready = False  # memory and start frame arrived
         self.frames_received = self.frames_drawn = 0
         self.last_clip: ClipDone | None = None
         self.server_restarts = 0
+        self.fatal = ""  # a failure the app cannot recover from (shown centred; headless runs stop on it)
         self.screenshot_requests: list[Path] = []
         self.screenshots: list[Path] = []
         self.size = (c.width, c.height)
         self._last_tick: float | None = None
-        self._since_connecting = clock()
         if client is None and offline_memory is not None:
             self._apply_delta(offline_memory)
             self.session_ready = True
@@ -182,6 +182,9 @@ class ExplorerApp:
         intr = self._intrinsics_of(msg)
         if intr is not None:
             self.intrinsics = intr
+        caps = self.capabilities
+        if caps is not None:
+            self.streamer.configure(caps.fps, caps.chunk_frames, self.session_intrinsics())
         self.await_start = True
         self.client.open(msg)
 
@@ -248,7 +251,6 @@ class ExplorerApp:
     def _on_ack(self, ack: Ack) -> None:
         if ack.ref_type in OPEN_TYPES:
             self.say(ack.message or "session open")
-            self.streamer.configure(self.streamer.fps or 24.0, self.streamer.chunk_frames, self.session_intrinsics())
         elif ack.ref_type == "save":
             self.say(ack.message or f"saved session {self.config.session_name!r}")
         else:
@@ -303,7 +305,7 @@ class ExplorerApp:
             self.camera.key_down(name)
             self.streamer.note_input(self.clock())
             return
-        send = self.client.send if self.client is not None else (lambda m: self.say("offline: edits need a server"))
+        send = self.client.send if self.client is not None else (lambda _: self.say("offline: this needs a server"))
         if name == "tab":
             self.panel.mode = self.panel.mode.next()
             self.say(f"view: {self.panel.mode.value.replace('_', ' ')}")
@@ -325,7 +327,10 @@ class ExplorerApp:
                 self._upload_selection()
         elif name == "c":
             msg = self.editor.recolor()
-            self.say("nothing selected (X, then drag a box)") if msg is None else send(msg)
+            if msg is None:
+                self.say("nothing selected (X, then drag a box)")
+            else:
+                send(msg)
         elif name == "b":
             msg = self.editor.insert_box(self.to_server(self.camera.w2c))
             send(msg)
@@ -462,9 +467,10 @@ class ExplorerApp:
         self._last_tick = now
         self.size = (int(size[0]), int(size[1]))
         self.pump(0)
-        self._watch_local_server()
+        self.watch_local_server()
         self.camera.update(dt)
-        if self.client is not None and self.session_ready and not self.await_start:
+        linked = self.client is not None and self.client.state in (LinkState.CONNECTED, LinkState.WAITING)
+        if linked and self.session_ready and not self.await_start:  # poses sent into a dead link would go stale
             traj = self.streamer.update(self.camera, now, self.to_server)
             if traj is not None:
                 self.client.send(traj)
@@ -536,6 +542,8 @@ class ExplorerApp:
 
     def alert(self, now: float) -> str:
         """The centred message: what is wrong with the connection or the session, empty when all is well."""
+        if self.fatal:
+            return self.fatal
         cl = self.client
         if cl is not None:
             if cl.state is LinkState.RECONNECTING:
@@ -549,12 +557,18 @@ class ExplorerApp:
         return ""
 
     # ----------------------------------------------------------------------------------------- upkeep
-    def _watch_local_server(self) -> None:
+    def watch_local_server(self) -> None:
+        """Restart a local server that died (with --resume); a server that never answered is fatal."""
         server = self.local_server
         if server is None or server.process is None:
             return
         code = server.poll()
         if code is None:
+            return
+        if self.capabilities is None:  # it never answered: restarting would fail the same way
+            last = server.log_tail(1).strip()
+            self.fatal = f"the local server exited (code {code}) before answering{': ' + last if last else ''}"
+            server.process = None
             return
         if self.server_restarts >= self.config.max_server_restarts:
             self.say(f"the local server keeps exiting (code {code}); see {server.log_path}")
@@ -746,13 +760,15 @@ def apply_step(app: ExplorerApp, step: Step, out_dir: Path) -> None:
 
 
 def _wait(app: ExplorerApp, done: Callable[[], bool], timeout_s: float) -> bool:
-    """Poll the server in real time until done() or the timeout; True when done."""
+    """Poll the server in real time until done() or the timeout; True when done. Raises on a fatal failure."""
     deadline = time.monotonic() + timeout_s
     while not done():
+        if app.fatal:
+            raise RuntimeError(app.fatal)
         if time.monotonic() > deadline:
             return False
         app.pump(timeout_ms=20)
-        app._watch_local_server()
+        app.watch_local_server()
     return True
 
 
@@ -794,7 +810,7 @@ def run_headless(make_app: Callable[[moderngl.Context, Callable[[], float]], Exp
                     lead = hc.lead_chunks * app.capabilities.chunk_frames / app.capabilities.fps
                     stalled = stalled and app.frames_received == stall_mark  # frames flow again: wait again
 
-                    def caught_up() -> bool:
+                    def caught_up(lead: float = lead) -> bool:
                         return app.streamer.pending == 0 or clock.t <= app.streamer.covered_until() + lead
 
                     if not stalled and not caught_up():

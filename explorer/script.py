@@ -95,7 +95,8 @@ def parse_script(data: Any, source: str = "<script>", known_keys: Collection[str
     end_time: float | None = None
     for i, item in enumerate(data):
         if not isinstance(item, dict):
-            raise ScriptError(source, i, f"each event is an object like {{\"t\": 0.5, \"key_down\": \"w\"}}, got {item!r}")
+            raise ScriptError(source, i, f"each event is an object like {{\"t\": 0.5, \"key_down\": \"w\"}}, "
+                                         f"got {item!r}")
         if "t" not in item:
             raise ScriptError(source, i, "missing the time \"t\" (seconds)")
         t = _number(item["t"], source, i, "t")

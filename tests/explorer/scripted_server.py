@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from engine.geometry import fov_to_intrinsics, look_at
+from engine.geometry import look_at
 from engine.server.protocol import (PROTOCOL_VERSION, Ack, Capabilities, ClipDone, EditInsertPrimitive, EditRecolor,
                                     EditRemoveBox, EditRemoveIds, EditUndo, Error, ErrorCode, Frame, Heartbeat, Hello,
                                     Load, MemoryDelta, Message, NewestWins, OpenPoints, Resync, Save, Trajectory,
