@@ -111,6 +111,7 @@ class SessionOptions:
     point_size_growth: float = 0.0  # the release grows the render point size by 0.005 per round
     candidate_stride: int = 4  # every n-th generated frame is kept as a retrieval candidate
     update_stride: int = 1  # every n-th new frame updates the memory
+    update_memory: bool = True  # False: the memory stays as opened and edited (a fixed-scene mode, and ablations)
     depth_range: tuple[float, float] = (0.05, 40.0)  # depths trusted for memory updates (m)
     max_stored_frames: int = 2048  # retrieval candidates kept (oldest dropped beyond it)
     steps: int | None = None  # sampler steps (None: cfg.sample_steps)
@@ -555,7 +556,7 @@ class WorldSession:
         # memory update with the static, valid pixels
         t0 = time.perf_counter()
         delta = MemoryDelta.empty(self.memory.version)
-        for i in range(0, n_new, max(1, opt.update_stride)):
+        for i in range(0, n_new if opt.update_memory else 0, max(1, opt.update_stride)):
             keep = recon.valid[i] & ~dynamic[i]
             depth_i = np.where(keep, recon.depth[i], np.nan).astype(np.float32)
             delta = delta.merge(self.memory.insert_rgbd(rgb_arr[i], depth_i, Ks[i], poses[i], frame_id=first_index + i,

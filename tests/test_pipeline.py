@@ -1,0 +1,137 @@
+"""WorldSession mechanics on a tiny random model: memory growth, dynamic exclusion, chaining, edits, bad input."""
+
+import numpy as np
+import pytest
+
+from engine import geometry
+from engine.pipeline import ChunkCancelled, PipelineError, SessionOptions, WorldModel, WorldSession
+from tests.conftest import tiny_test_config
+
+INTR = geometry.fov_to_intrinsics(70.0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return WorldModel.random(tiny_test_config())
+
+
+def room_rgbd(width=32, height=32, dist=3.0):
+    """A camera at the origin facing +z at a textured wall `dist` metres away, with a 'dynamic' blob in the middle."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    depth = np.full((height, width), dist, np.float32)
+    dynamic = np.zeros((height, width), bool)
+    dynamic[12:20, 12:20] = True
+    return rgb, depth, dynamic
+
+
+def turn(w2c, yaw_deg):
+    c2w = geometry.invert_se3(w2c)
+    a = np.radians(yaw_deg)
+    R = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    c2w[:3, :3] = R @ c2w[:3, :3]
+    return geometry.invert_se3(c2w)
+
+
+def test_three_clips_grow_memory_where_the_camera_looked_and_chain(model):
+    session = WorldSession(model, SessionOptions(segmentation=None, voxel_size=0.05))
+    rgb, depth, dynamic = room_rgbd()
+    start = np.eye(4)
+    delta = session.open_rgbd(rgb, depth, start, INTR, exclude=dynamic)
+    n0 = len(session.memory)
+    assert delta.num_added == n0 > 0
+    # dynamic pixels stayed out: no memory point projects into the blob from the start camera
+    cam = session.camera(start, INTR)
+    uv, z = geometry.project(session.memory.xyz.astype(np.float64), cam.w2c, cam.K)
+    inside = (uv[:, 0] > 13) & (uv[:, 0] < 19) & (uv[:, 1] > 13) & (uv[:, 1] < 19)
+    assert inside.sum() == 0
+
+    n = session.chunk_frames
+    got = []
+    results = []
+    for clip in range(3):  # turn right a little more each clip: new regions come into view
+        poses = np.stack([turn(start, 15 * clip + 15 * (i + 1) / n) for i in range(n)])
+        results += session.step(poses, INTR, on_frame=lambda i, *rest: got.append(i))
+    assert got == list(range(1, 3 * n + 1))  # frames stream in order, the video continues across clips
+    assert session.num_frames == 1 + 3 * n and session.clip == 3
+    assert len(session.memory) > n0
+    # the new points lie where the last camera looked: in front of it
+    last = session.camera(results[-1].w2c[-1], INTR)
+    added = results[-1].delta.added_xyz.astype(np.float64)
+    _, z = geometry.project(added, last.w2c, last.K)
+    assert (z > 0).mean() > 0.95
+    # history chains: each clip's scene video starts from the previous clip's last pose
+    for r in results:
+        assert {"retrieval", "render", "encode", "sample", "decode", "reconstruct", "update", "total"} <= set(r.timings)
+        assert r.rgb.shape == (n, 32, 32, 3) and r.depth.shape == (n, 32, 32)
+    assert results[-1].first_frame == 1 + 2 * n
+
+
+def test_edit_changes_the_next_scene_video_and_undo_restores(model):
+    # random-weight frames would add random depth to the memory: keep it as opened so only the edits change it
+    session = WorldSession(model, SessionOptions(segmentation=None, voxel_size=0.05, update_memory=False))
+    rgb, depth, _ = room_rgbd()
+    session.open_rgbd(rgb, depth, np.eye(4), INTR)
+    poses = np.repeat(np.eye(4)[None], session.chunk_frames, 0)
+    before = session.generate_chunk(poses, INTR).coverage.mean()
+    n = len(session.memory)
+    session.remove_box([-0.5, -0.5, 0], [0.5, 0.5, 10])  # a hole in the middle of the wall
+    assert len(session.memory) < n
+    after = session.generate_chunk(poses, INTR)
+    assert after.coverage.mean() < before
+    assert not after.coverage[:, 15:17, 15:17].any()  # the hole shows in the scene video
+    m = len(session.memory)
+    session.insert_primitive("box", [0, 0, 2.0], [0.4, 0.4, 0.4], [255, 0, 0])
+    red = session.generate_chunk(poses, INTR).scene_rgb[:, 16, 16]
+    assert (red[:, 0] > 200).all() and (red[:, 1] < 50).all()
+    session.undo()
+    assert len(session.memory) == m
+
+
+def test_cancel_leaves_the_session_unchanged(model):
+    session = WorldSession(model, SessionOptions(segmentation=None))
+    rgb, depth, _ = room_rgbd()
+    session.open_rgbd(rgb, depth, np.eye(4), INTR)
+    version, frames = session.memory.version, session.num_frames
+    with pytest.raises(ChunkCancelled):
+        session.generate_chunk(np.eye(4)[None], INTR, should_stop=lambda: True)
+    assert (session.memory.version, session.num_frames) == (version, frames)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda s: s.open_rgbd(np.zeros((4, 4), np.uint8), np.ones((4, 4)), np.eye(4), INTR), "uint8"),
+        (lambda s: s.open_rgbd(np.zeros((32, 32, 3), np.uint8), np.ones((16, 16)), np.eye(4), INTR), "does not match"),
+        (lambda s: s.open_rgbd(np.zeros((32, 32, 3), np.uint8), np.ones((32, 32)), np.full((4, 4), np.nan), INTR), "NaN"),
+        (lambda s: s.open_rgbd(np.zeros((32, 32, 3), np.uint8), np.ones((32, 32)), np.eye(4), INTR,
+                               exclude=np.zeros((8, 8), bool)), "mask"),
+        (lambda s: s.step(np.stack([np.eye(4), np.full((4, 4), np.nan)]), INTR), "pose 1 contains NaN"),
+        (lambda s: s.step(np.eye(4)[None], [0.5, 0.5]), "intrinsics"),
+        (lambda s: s.generate_chunk(np.repeat(np.eye(4)[None], 99, 0), INTR), "at most"),
+        (lambda s: s.undo(), "nothing to undo"),
+        (lambda s: s.open_image(np.zeros((32, 32, 3), np.uint8), np.eye(4), INTR), "image with a depth map"),
+    ],
+)
+def test_bad_input_gets_a_clear_error_and_the_session_stays_usable(model, make, match):
+    session = WorldSession(model, SessionOptions(segmentation=None))
+    rgb, depth, _ = room_rgbd()
+    session.open_rgbd(rgb, depth, np.eye(4), INTR)
+    with pytest.raises(PipelineError, match=match):
+        make(session)
+    result = session.generate_chunk(np.eye(4)[None], INTR)  # still works
+    assert result.rgb.shape == (1, 32, 32, 3)
+
+
+def test_save_and_load_round_trip(model, tmp_path):
+    session = WorldSession(model, SessionOptions(segmentation=None))
+    rgb, depth, _ = room_rgbd()
+    session.open_rgbd(rgb, depth, np.eye(4), INTR)
+    session.generate_chunk(np.eye(4)[None], INTR)
+    session.save(tmp_path / "s")
+    back = WorldSession.load(tmp_path / "s", model)
+    np.testing.assert_array_equal(back.memory.xyz, session.memory.xyz)
+    assert back.num_frames == session.num_frames and back.last_frame.index == session.last_frame.index
+    (tmp_path / "s" / "session.json").write_text("{broken")
+    with pytest.raises(PipelineError, match="cannot load session"):
+        WorldSession.load(tmp_path / "s", model)
