@@ -20,6 +20,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 SOLVERS = ("euler", "dpmpp_2m")
+ACTIVATIONS = ("gelu", "gelu_tanh")
 CFG_DROPS = ("text", "refs", "text+refs")
 
 # Per-channel statistics of the Wan2.2 VAE latents (from the official release); latents are normalised as
@@ -66,6 +67,7 @@ class ModelConfig:
     num_heads: int = 4
     num_layers: int = 6
     ffn_dim: int = 1024
+    act: str = "gelu"  # FFN / text-embedder activation: "gelu" (erf) or "gelu_tanh" (Wan's; ~10x slower on CPU)
     freq_dim: int = 256  # sinusoidal timestep features
     patch: tuple[int, int, int] = (1, 2, 2)  # (t, h, w) patch of the latent video
     text_dim: int | None = None  # None: no text cross-attention
@@ -174,6 +176,7 @@ class ModelConfig:
         )
         need(self.num_refs >= 0 and self.history_latent_frames >= 0, "num_refs and history_latent_frames must be >= 0")
         need(self.chunk_latent_frames >= 1, "chunk_latent_frames must be >= 1")
+        need(self.act in ACTIVATIONS, f"act {self.act!r} is not one of {ACTIVATIONS}")
         need(self.sample_solver in SOLVERS, f"sample_solver {self.sample_solver!r} is not one of {SOLVERS}")
         need(self.cfg_drop in CFG_DROPS, f"cfg_drop {self.cfg_drop!r} is not one of {CFG_DROPS}")
         need(0 < self.depth_near < self.depth_far, "need 0 < depth_near < depth_far")
@@ -267,6 +270,7 @@ PRESETS: dict[str, dict] = {
         num_heads=24,
         num_layers=30,
         ffn_dim=14336,
+        act="gelu_tanh",
         text_dim=4096,
         control_layers=(0, 4, 8, 12, 16, 20, 24, 28),
         num_refs=7,

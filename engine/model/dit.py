@@ -48,7 +48,7 @@ from engine.model.layers import (
 
 # --------------------------------------------------------------------------------------------- embeddings
 class MLP(nn.Module):
-    """fc1 -> activation -> fc2 (the FFN, and the text/time embedders)."""
+    """fc1 -> activation (gelu, gelu_tanh or silu) -> fc2 (the FFN, and the text/time embedders)."""
 
     def __init__(self, din: int, dhidden: int, dout: int, act: str):
         super().__init__()
@@ -58,8 +58,9 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(x)
-        h = F.gelu(h, approximate="tanh") if self.act == "gelu" else F.silu(h)
-        return self.fc2(h)
+        if self.act == "silu":
+            return self.fc2(F.silu(h))
+        return self.fc2(F.gelu(h, approximate="tanh" if self.act == "gelu_tanh" else "none"))
 
 
 def patchify(x: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
@@ -122,7 +123,7 @@ class DiTBlock(nn.Module):
         self.norm_cross = FP32LayerNorm(d, cfg.eps, elementwise_affine=True) if has_text else None
         self.cross_attn = CrossAttention(d, cfg.num_heads, cfg.eps) if has_text else None
         self.norm2 = FP32LayerNorm(d, cfg.eps, elementwise_affine=False)
-        self.ffn = MLP(d, cfg.ffn_dim, d, act="gelu")
+        self.ffn = MLP(d, cfg.ffn_dim, d, act=cfg.act)
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, rope: torch.Tensor, context, backend: str) -> torch.Tensor:
@@ -188,7 +189,7 @@ class SpatiaDiT(nn.Module):
         self.attn_backend = "sdpa"
         self._rope_cache: dict[tuple, torch.Tensor] = {}
         self.patch_embed = nn.Conv3d(c, d, cfg.patch, stride=cfg.patch)
-        self.text_embed = MLP(cfg.text_dim, d, d, act="gelu") if cfg.text_dim is not None else None
+        self.text_embed = MLP(cfg.text_dim, d, d, act=cfg.act) if cfg.text_dim is not None else None
         self.time_embed = MLP(cfg.freq_dim, d, d, act="silu")
         self.time_proj = nn.Linear(d, 6 * d)
         self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.num_layers))
