@@ -44,6 +44,7 @@ def test_presets_and_derived_fields():
     assert big.control_layers == tuple(range(0, 30, 4)) and big.control_in_channels == 96
     assert (big.latent_channels, big.spatial_compression, big.temporal_compression) == (48, 16, 4)
     assert big.history_frames == 9 and big.chunk_frames == 72 and big.clip_frames == 81
+    assert big.act == "gelu_tanh" and tiny.act == "gelu"  # Wan's activation where its weights load
     small = ModelConfig.from_name("small")
     assert small.spatial_compression == 8 and small.tokens_per_frame == 256
 
