@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("engine.bench.cli", "run a benchmark and print its medians as JSON"),
     "explore": ("engine.explore_cmd", "explore a world live in a window, or run a headless scripted tour"),
     "serve": ("engine.server.cli", "run the generation server (ZeroMQ) for explorers and other clients"),
+    "generate": ("engine.generate", "generate a long video offline from the release's inputs or a procedural scene"),
     "train": ("engine.train.cli", "train a model stage (VAE, DiT) from a JSON config, resumably"),
     "keys": ("engine.server.keys", "make CURVE keys for a server that listens beyond loopback"),
     "world": ("engine.world.cli", "render the procedural world: a training dataset or a preview tour"),

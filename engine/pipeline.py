@@ -350,19 +350,22 @@ class WorldSession:
         depth = np.where(rec.valid[0], rec.depth[0], 0).astype(np.float32)
         return self.open_rgbd(rgb, depth, w2c, intrinsics, exclude=exclude)
 
-    def open_procedural(self, seed: int, kind: str = "auto", init_views: int = 1) -> MemoryDelta:
+    def open_procedural(self, seed: int, kind: str = "auto", init_views: int = 1, start_w2c: np.ndarray | None = None,
+                        intrinsics: np.ndarray | None = None) -> MemoryDelta:
         """Start in the procedural world: its first frame with true depth (plus `init_views - 1` extra views from
-        the start position, turning in place, for a richer starting memory)."""
+        the start position, turning in place, for a richer starting memory). The start pose defaults to the first
+        pose of the scene's seeded walk."""
         from engine.world.paths import walk_path
         from engine.world.render import WorldRenderer
         from engine.world.scene import generate_scene
 
         scene = generate_scene(int(seed), kind=kind)
-        path = walk_path(scene, 2, seed=int(seed), aspect=self.width / self.height)
-        intr = path.intrinsics
+        if start_w2c is None or intrinsics is None:
+            path = walk_path(scene, 2, seed=int(seed), aspect=self.width / self.height)
+        intr = path.intrinsics if intrinsics is None else self._check_intrinsics(intrinsics)
         renderer = WorldRenderer(self.width, self.height)
         try:
-            start = path.w2c[0]
+            start = path.w2c[0] if start_w2c is None else self._check_pose(start_w2c)
             cam = self.camera(start, intr)
             first = renderer.render(scene, cam.w2c, cam.K)
             delta = self._start(first.rgb, first.depth.astype(np.float32), start, intr, exclude=first.ids > 0)

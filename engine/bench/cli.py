@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "world": "engine.bench.world",
     "viewer": "engine.bench.viewer",
     "memory": "engine.bench.memory",
+    "protocol": "engine.bench.protocol",
 }
 
 
