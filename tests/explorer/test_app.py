@@ -19,7 +19,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from engine.geometry import project
+from engine.geometry import look_at, project, write_w2c_txt
 from engine.server.protocol import (EditInsertPrimitive, EditRemoveIds, EditUndo, OpenPoints, OpenProcedural,
                                     Trajectory)
 from explorer.app import AppConfig, ExplorerApp, HeadlessConfig, SimClock, run_headless
@@ -268,6 +268,25 @@ def test_spatia_explore_headless_through_the_cli(tmp_path):
     assert iio.imread(tmp_path / "out" / "end.png").shape == (90, 160, 3)
     assert main(["explore", "--headless", "--out", str(tmp_path), "--script", str(tmp_path / "nope.json"),
                  "--offline"]) == 2
+    # offline: a PLY browsed without any server, drawn from the explorer's own copy
+    xyz, rgb = scene(0.05)
+    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(xyz)}\nproperty float x\nproperty float y\n"
+              "property float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
+    rows = np.zeros(len(xyz), [("xyz", "<f4", 3), ("rgb", "u1", 3)])
+    rows["xyz"], rows["rgb"] = xyz, rgb
+    (tmp_path / "scene.ply").write_bytes(header.encode() + rows.tobytes())
+    assert main(["explore", "--headless", "--offline", "--ply", str(tmp_path / "scene.ply"), "--w2c",
+                 str(tmp_path / "start.txt"), "--script", str(tmp_path / "tour.json"), "--out", str(tmp_path / "off"),
+                 "--size", "160x90", "--fps", "8", "--view", "memory"]) == 2  # start.txt is missing: named error
+    write_w2c_txt(tmp_path / "start.txt", look_at(np.array([0.0, 1.6, 0.0]), np.array([0.0, 1.6, 1.0]))[None])
+    (tmp_path / "hidden.json").write_text(json.dumps([{"t": 0.0, "key": "h"}, {"t": 0.2, "screenshot": "end"},
+                                                      {"t": 0.25, "end": True}]))
+    assert main(["explore", "--headless", "--offline", "--ply", str(tmp_path / "scene.ply"), "--w2c",
+                 str(tmp_path / "start.txt"), "--script", str(tmp_path / "hidden.json"), "--out",
+                 str(tmp_path / "off"), "--size", "160x90", "--fps", "8", "--view", "memory"]) == 0
+    shot = iio.imread(tmp_path / "off" / "end.png")
+    x0, y0, x1, y1 = bbox(red(shot))  # the block straight ahead, in the middle of the window
+    assert abs((x0 + x1) / 2 - 80) < 3 and abs((y0 + y1) / 2 - 45) < 3 and (shot[..., 2] > 180).any()
 
 
 def test_spatia_explore_with_the_real_generation_server(tiny_checkpoint, tmp_path):
