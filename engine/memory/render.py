@@ -268,6 +268,7 @@ def _splat_camera(zbuf: torch.Tensor, pts_h: torch.Tensor, index: torch.Tensor, 
     # 1.0 in front of the near plane, 0.0 elsewhere, without a bool mask; a zero inverse depth sends the point
     # to the border pixel (0, 0).
     inv.mul_((z - near).clamp_(min=0).mul_(1e30).clamp_(max=1))
+    inv.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # z == 0 exactly gives inf * 0 = NaN: send it to the border
     u = uvz[0].mul_(inv)  # [N] in place: uvz[:2] now holds unclamped (u, v), read again by the big-point pass
     v = uvz[1].mul_(inv)
     col = u.clamp(0, W + 1).floor_()  # off-image points land on the border columns/rows

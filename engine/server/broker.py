@@ -40,6 +40,7 @@ class Broker:
         self.security = ServerSecurity(context, keys_dir)
         self.front = context.socket(zmq.ROUTER)
         self.front.setsockopt(zmq.LINGER, 0)
+        self.front.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a client reconnecting with its identity takes over at once
         if max_message_bytes:
             self.front.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self.security.prepare(self.front, frontend)

@@ -29,6 +29,7 @@ class RouterTransport:
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a vanished client's replies are dropped, not raised
+        self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a client reconnecting with its identity takes over at once
         if max_message_bytes:
             self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self.security.prepare(self.socket, address)

@@ -123,3 +123,14 @@ def test_render_input_errors():
         render(xyz, [ref])
     with pytest.raises(ValueError, match="point_size"):
         render((xyz, rgb), [ref], point_size=-1.0)
+
+
+def test_point_on_the_camera_plane_is_dropped_not_a_crash():
+    # z == 0 exactly (a point at the camera centre, or beside it on the image plane) once made the inverse depth
+    # inf * 0 = NaN, which became a garbage scatter index
+    c = cam((0, 0, 0), (0, 0, 1))
+    xyz = np.array([[0.0, 0.0, 0.0], [0.3, 0.0, 0.0], [0.0, 0.0, 2.0]], np.float32)
+    rgb = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
+    out = render((xyz, rgb), [c], point_size=0.01, return_visible=True)
+    assert out.visible[0].tolist() == [2]
+    assert out.coverage.sum() == 1
