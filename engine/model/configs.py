@@ -46,6 +46,7 @@ class ModelConfig:
     # ---- video
     height: int = 128
     width: int = 128
+    fps: float = 16.0  # frame rate of the training video, so the rate generated video plays at
     depth_channel: bool = True  # RGB-D in and out of the VAE (the tiny/small models generate depth with frames)
     depth_near: float = 0.1  # metres; depth is encoded as normalised inverse depth between near and far
     depth_far: float = 100.0
@@ -255,6 +256,7 @@ PRESETS: dict[str, dict] = {
     "spatia-5b": dict(
         height=704,
         width=1248,
+        fps=24.0,
         depth_channel=False,
         vae_patch=2,
         vae_dim=160,

@@ -113,7 +113,7 @@ class GenerationServer:
 
     @property
     def fps(self) -> float:
-        return float(getattr(self.model.cfg, "fps", 16.0))
+        return float(self.model.cfg.fps)
 
     # ------------------------------------------------------------------ receiving
     def pump(self, timeout_ms: int = 0) -> int:
