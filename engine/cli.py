@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("engine.generate", "generate a long video offline from the release's inputs or a procedural scene"),
     "train": ("engine.train.cli", "train a model stage (VAE, DiT) from a JSON config, resumably"),
     "keys": ("engine.server.keys", "make CURVE keys for a server that listens beyond loopback"),
+    "eval": ("engine.eval.cli", "evaluate a model on held-out procedural scenes: metrics, ablation tables, figures"),
     "world": ("engine.world.cli", "render the procedural world: a training dataset or a preview tour"),
 }
 
