@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
     checks = json.loads(paths["results"].read_text())["checks"]
     for c in checks:
-        state = "n/a " if c["passed"] is None else ("PASS" if c["passed"] else "FAIL")
+        state = "N/A " if c["passed"] is None else ("PASS" if c["passed"] else "FAIL")
         print(f"[{state}] {c['name']}: {c['measured']}")
     print(f"report: {paths['report']}")
     return 0

@@ -163,7 +163,7 @@ def markdown(results: dict, checks: list[dict], figures: list[str]) -> str:
         "## Quality bars",
         "",
         _table(["bar", "target", "measured", "result"],
-               [[c["name"], c["bar"], c["measured"], "n/a" if c["passed"] is None else ("PASS" if c["passed"] else "FAIL")]
+               [[c["name"], c["bar"], c["measured"], "N/A" if c["passed"] is None else ("PASS" if c["passed"] else "FAIL")]
                 for c in checks]),
         "",
         "## Against the ground truth (full model)",
