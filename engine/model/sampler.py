@@ -170,6 +170,8 @@ def sample(
         v = velocity(x, s)
         x = dpm.step(x, v, s, s_next) if dpm is not None else _euler_step(x, v, s, s_next)
         if callback is not None:
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # so step_ms measures the step, not just its launch
             info = StepInfo(i, steps, s, s_next, x, (time.perf_counter() - t0) * 1e3)
             if callback(info):
                 raise SamplingCancelled(i + 1)
