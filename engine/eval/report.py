@@ -69,12 +69,14 @@ def quality_checks(results: dict, bars: QualityBars | None = None) -> list[dict]
     ablations = [r for r in t["table4"] if not (r["scene_video"] and r["references"])]
     wins, parts = [], []
     for r in ablations:
-        label = f"sv={'on' if r['scene_video'] else 'off'}/refs={'on' if r['references'] else 'off'}"
+        diffs = []
         for m, higher in (("psnr_c", True), ("ssim_c", True), ("lpips_c", False), ("match_acc", True)):
             if _finite(full[m], r[m]):
                 d = full[m] - r[m]
                 wins.append(d > 0 if higher else d < 0)
-                parts.append(f"{label} {m} {d:+.3g}")
+                diffs.append(f"{HEADERS[m]} {d:+.3g}")
+        sv, ref = ("on" if r["scene_video"] else "off"), ("on" if r["references"] else "off")
+        parts.append(f"vs scene video {sv}, refs {ref}: " + (", ".join(diffs) or "undefined"))
     checks.append(_check("full model beats every ablation (Table 4, closed loop)",
                          "PSNR_C, SSIM_C, Match Acc higher and LPIPS_C lower than each ablation",
                          all(wins) if wins else None, "; ".join(parts) or "n/a: no closed-loop metric defined"))
@@ -148,6 +150,7 @@ def _yes(v: bool) -> str:
 
 def markdown(results: dict, checks: list[dict], figures: list[str]) -> str:
     t, cfg, m = results["tables"], results["config"], results["model"]
+    headers = {**HEADERS, "match_acc": f"Match Acc ({results['backends']['match']['name']})"}  # the backend in every table
     seeds = [s["seed"] for s in results["scenes"]]
     lp = results["backends"]["lpips"]
     loop_frames = cfg["chunks"] * m["chunk_frames"]
@@ -171,29 +174,29 @@ def markdown(results: dict, checks: list[dict], figures: list[str]) -> str:
     ]
     main_cols = ["psnr", "ssim", "lpips", "psnr_covered", "psnr_uncovered", "coverage", "psnr_c", "ssim_c", "lpips_c",
                  "match_acc"]
-    out += [_table([HEADERS[c] for c in main_cols], [[fmt(c, r[c]) for c in main_cols] for r in t["main"]]), ""]
+    out += [_table([headers[c] for c in main_cols], [[fmt(c, r[c]) for c in main_cols] for r in t["main"]]), ""]
     closed = ["psnr_c", "ssim_c", "lpips_c", "match_acc"]
     out += ["## Table 4: scene video and reference frames (closed loop)", "",
-            _table(["scene video", "references", "PSNR", *[HEADERS[c] for c in closed]],
+            _table(["scene video", "references", "PSNR", *[headers[c] for c in closed]],
                    [[_yes(r["scene_video"]), _yes(r["references"]), fmt("psnr", r["psnr"]),
                      *[fmt(c, r[c]) for c in closed]] for r in t["table4"]]), ""]
     out += ["## Table 5: number of reference frames K (capped at the model's "
             f"{m['num_refs']})", "",
-            _table(["K", "Match Acc", "PSNR_C", "SSIM_C", "LPIPS_C"],
+            _table(["K", headers["match_acc"], "PSNR_C", "SSIM_C", "LPIPS_C"],
                    [[str(r["K"]), *[fmt(c, r[c]) for c in ("match_acc", "psnr_c", "ssim_c", "lpips_c")]]
                     for r in t["table5"]]), ""]
     by_clips: dict[int, dict] = {}
     for r in t["table6"]:
         by_clips.setdefault(r["clips"], {})["mem" if r["memory"] else "none"] = r
     out += ["## Table 6: long horizon (closed loops of N clips); memory vs no memory (no scene video, no references)", "",
-            _table(["clips", "frames", "PSNR_C", "SSIM_C", "LPIPS_C", "Match Acc", "no memory PSNR_C", "no memory SSIM_C",
+            _table(["clips", "frames", *[headers[k] for k in closed], "no memory PSNR_C", "no memory SSIM_C",
                     "no memory LPIPS_C"],
                    [[str(c), str(c * m["chunk_frames"]), *[fmt(k, v["mem"][k]) for k in closed],
                      *[fmt(k, v["none"][k]) for k in ("psnr_c", "ssim_c", "lpips_c")]] for c, v in sorted(by_clips.items())]),
             ""]
     vox = ["psnr", "ssim", "lpips", "psnr_covered", "psnr_c"]
     out += ["## Table 7: memory voxel size", "",
-            _table(["voxel (m)", *[HEADERS[c] for c in vox]],
+            _table(["voxel (m)", *[headers[c] for c in vox]],
                    [[f"{r['voxel']:g}", *[fmt(c, r[c]) for c in vox]] for r in t["table7"]]), ""]
     undefined = sorted({f"seed {s['seed']}: {s['match']['reason']}" for run in results["runs"].values()
                         for s in run["per_scene"] if s["match"]["reason"]})
