@@ -325,6 +325,7 @@ class GenerationServer:
 
         def on_frame(index, rgb, depth, w2c, timings):
             self.stats["frames"] += 1
+            timings["sent_unix_ms"] = time.time() * 1e3  # wall clock at send: a client on this host measures transfer
             self.send(slot, P.Frame(index=index, seq=seq, rgb=rgb, depth=None if depth is None else depth.astype(np.float16),
                                     w2c=w2c, t_input=t_input, timings=timings))
 
