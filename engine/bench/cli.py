@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "viewer": "engine.bench.viewer",
     "memory": "engine.bench.memory",
     "protocol": "engine.bench.protocol",
+    "e2e": "engine.bench.e2e",
 }
 
 
