@@ -569,6 +569,7 @@ class SpatialMemory:
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> None:
         """Write the whole memory to a safetensors file (arrays bit-exact, settings and counters as metadata)."""
+        from safetensors import SafetensorError
         from safetensors.numpy import save_file
 
         tensors = {name: np.ascontiguousarray(self._cols[name][: self._n]) for name in _SAVED}
@@ -577,7 +578,11 @@ class SpatialMemory:
                 "version": str(self._version), "next_id": str(self._next_id)}
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except SafetensorError as e:  # its I/O failures (a full disk) are OSErrors to callers, like every write
+            tmp.unlink(missing_ok=True)
+            raise OSError(f"{tmp}: could not write the memory ({e})") from e
         os.replace(tmp, path)  # a crash mid-write never leaves a truncated memory file behind
 
     @classmethod
