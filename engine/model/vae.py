@@ -456,10 +456,12 @@ class VideoVAE(nn.Module):
         The mask becomes a video with every channel at -1 (no points) or +1 (covered); both videos go through the
         encoder in one batch."""
         if mask.dim() != 5 or mask.shape[1] != 1 or mask.shape[2:] != scene.shape[2:]:
-            raise ValueError(f"mask must be [B, 1, F, H, W] matching scene {tuple(scene.shape)}; got {tuple(mask.shape)}")
+            raise ValueError(
+                f"mask must be [B, 1, F, H, W] matching scene {tuple(scene.shape)}; got {tuple(mask.shape)}"
+            )
         x_scene = self.to_model_space(scene)
-        x_mask = pixel_unshuffle((mask.to(scene.dtype) * 2 - 1).expand(-1, self.cfg.video_channels, -1, -1, -1),
-                                 self.cfg.vae_patch)
+        mask_video = (mask.to(scene.dtype) * 2 - 1).expand(-1, self.cfg.video_channels, -1, -1, -1)
+        x_mask = pixel_unshuffle(mask_video, self.cfg.vae_patch)
         z = self._encode_model_space(torch.cat([x_scene, x_mask], dim=0), chunked=False).mode()
         return torch.cat(z.chunk(2, dim=0), dim=1)
 

@@ -143,9 +143,8 @@ def test_official_vae_names_load_with_no_missing_or_unexpected(cfg):
     official = _random(official_vae_shapes(cfg))
     vae = VideoVAE(cfg)
     load_state_dict_strict(vae, vae_official_to_ours(official, cfg), "official test VAE")
-    torch.testing.assert_close(
-        vae.encoder.downsamples[1].resample.time_conv.weight, official["encoder.downsamples.1.downsamples.2.time_conv.weight"]
-    )
+    time_conv = official["encoder.downsamples.1.downsamples.2.time_conv.weight"]  # the resampler after 2 blocks
+    torch.testing.assert_close(vae.encoder.downsamples[1].resample.time_conv.weight, time_conv)
     torch.testing.assert_close(vae.decoder.upsamples[0].blocks[2].conv2.bias,
                                official["decoder.upsamples.0.upsamples.2.residual.6.bias"])  # fmt: skip
     assert set(vae_ours_to_official(vae.state_dict(), cfg)) == set(official)
@@ -199,9 +198,10 @@ def test_load_official_release(tmp_path, cfg):
     dit, vae = load_official(cfg, dit=tmp_path / "Wan2.2-TI2V-5B", vae=tmp_path / "Wan2.2_VAE.pth",
                              control=tmp_path / "control.safetensors", lora=tmp_path / "lora.safetensors")  # fmt: skip
     p = "diffusion_model.blocks."
-    q = official["blocks.1.self_attn.q.weight"] + lora[p + "1.self_attn.q.lora_B.weight"] @ lora[p + "1.self_attn.q.lora_A.weight"]
-    torch.testing.assert_close(dit.blocks[1].self_attn.q.weight, q)  # LoRA merged, scale 1 (no alpha)
-    ffn = official["blocks.2.ffn.0.weight"] + 0.5 * lora[p + "2.ffn.0.lora_up.weight"] @ lora[p + "2.ffn.0.lora_down.weight"]
+    delta_q = lora[p + "1.self_attn.q.lora_B.weight"] @ lora[p + "1.self_attn.q.lora_A.weight"]
+    torch.testing.assert_close(dit.blocks[1].self_attn.q.weight, official["blocks.1.self_attn.q.weight"] + delta_q)
+    delta_ffn = lora[p + "2.ffn.0.lora_up.weight"] @ lora[p + "2.ffn.0.lora_down.weight"]
+    ffn = official["blocks.2.ffn.0.weight"] + 0.5 * delta_ffn
     torch.testing.assert_close(dit.blocks[2].ffn.fc1.weight, ffn)  # alpha / rank = 2 / 4
     torch.testing.assert_close(dit.blocks[1].self_attn.k.weight, official["blocks.1.self_attn.k.weight"])
     torch.testing.assert_close(dit.control_blocks[0].before_proj.weight, official["vace_blocks.0.before_proj.weight"])
