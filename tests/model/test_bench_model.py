@@ -1,4 +1,6 @@
-"""`spatia bench model`: the report's fields and the FLOP count (attention included); the speed goal (slow)."""
+"""`spatia bench model`: the report's fields and the FLOP count (attention included).
+
+The speed goal (fps >= 16 for tiny) lives in the benchmark and BENCHMARKS.md, not in a timed test."""
 
 from __future__ import annotations
 
@@ -36,11 +38,3 @@ def test_report_fields_and_consistency():
     assert 0 < out["first_frame_ms"] <= out["chunk_ms"]
     assert out["gflops_per_step"] > 5.0  # ~7 GFLOP: 9 blocks over 384 tokens plus attention
     assert out["machine"]["torch_threads"] >= 1
-
-
-@pytest.mark.slow
-def test_tiny_is_real_time():
-    """The goal: >= 16 fps at 128x128 with 4 steps (on an otherwise idle 2-core machine)."""
-    out = bench.run(_args(config="tiny", repeat=5, warmup=2))
-    assert out["fps"] >= 16, out
-    assert out["peak_gflops"] / out["achieved_gflops"] <= 3, out
