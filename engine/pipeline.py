@@ -20,6 +20,8 @@ import math
 import os
 import shutil
 import time
+import typing
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,7 +34,7 @@ from engine.memory.delta import MemoryDelta
 from engine.memory.pointcloud import SpatialMemory
 from engine.memory.primitives import primitive_surface
 from engine.memory.render import render
-from engine.memory.retrieval import Candidate, retrieve
+from engine.memory.retrieval import RETRIEVERS, Candidate, retrieve
 from engine.model.checkpoint import load_checkpoint
 from engine.model.configs import ModelConfig
 from engine.model.sampler import SamplingCancelled, StepInfo, sample
@@ -116,6 +118,33 @@ class SessionOptions:
     max_stored_frames: int = 2048  # retrieval candidates kept (oldest dropped beyond it)
     steps: int | None = None  # sampler steps (None: cfg.sample_steps)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Types and ranges, so a damaged session file fails when loaded, not in the middle of a generation."""
+        for name, tp in typing.get_type_hints(SessionOptions).items():
+            v = getattr(self, name)
+            args = typing.get_args(tp)
+            if v is None and type(None) in args:
+                continue
+            base = next((a for a in args if a is not type(None)), tp) if type(None) in args else tp
+            if typing.get_origin(base) is tuple and isinstance(v, list):  # JSON gives lists
+                v = tuple(v)
+                setattr(self, name, v)
+            number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)  # noqa: E731
+            ok = (isinstance(v, tuple) and len(v) == len(typing.get_args(base)) and all(map(number, v))
+                  if typing.get_origin(base) is tuple else number(v) if base is float
+                  else isinstance(v, int) and not isinstance(v, bool) if base is int else isinstance(v, base))
+            if not ok:
+                raise ValueError(f"session option {name} must be {getattr(tp, '__name__', tp)}, got {v!r}")
+        near, far = self.depth_range
+        bad = [name for name, good in (
+            ("retrieval", self.retrieval in RETRIEVERS), ("num_refs", self.num_refs is None or self.num_refs >= 0),
+            ("voxel_size", self.voxel_size > 0), ("point_size_growth", self.point_size_growth >= 0),
+            ("candidate_stride", self.candidate_stride >= 1), ("update_stride", self.update_stride >= 1),
+            ("depth_range", 0 <= near < far), ("max_stored_frames", self.max_stored_frames >= 1),
+            ("steps", self.steps is None or self.steps >= 1), ("seed", 0 <= self.seed < 2**63)) if not good]
+        if bad:
+            raise ValueError(f"session option {bad[0]} out of range: {getattr(self, bad[0])!r}")
 
 
 @dataclass
@@ -680,6 +709,7 @@ class WorldSession:
     def load(cls, directory: str | Path, model: WorldModel) -> "WorldSession":
         directory = Path(directory)
         meta_file = directory / "session.json"
+        part = meta_file.name  # the file being read, for the error message
         try:
             meta = json.loads(meta_file.read_text())
             if meta.get("format") != SESSION_FORMAT:
@@ -688,15 +718,21 @@ class WorldSession:
                 raise ValueError(f"saved at {meta['width']}x{meta['height']}, the model makes {model.cfg.width}x{model.cfg.height}")
             options = SessionOptions(**{**meta["options"], "depth_range": tuple(meta["options"]["depth_range"])})
             session = cls(model, options, prompt=meta.get("prompt", ""))
-            session.memory = SpatialMemory.load(directory / "memory.safetensors")
-            with np.load(directory / "frames.npz") as z:
+            part = "memory.safetensors"
+            session.memory = SpatialMemory.load(directory / part)
+            part = "frames.npz"
+            with np.load(directory / part) as z:
                 depth = z["depth"] if "depth" in z else None
                 session.frames = [
                     StoredFrame(int(i), z["rgb"][n], None if depth is None else depth[n],
                                 geometry.Camera(z["w2c"][n], z["K"][n], model.cfg.width, model.cfg.height))
                     for n, i in enumerate(z["index"])
                 ]
-        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-            raise PipelineError(f"cannot load session {directory}: {e}") from e
-        session.num_frames, session.clip = int(meta["num_frames"]), int(meta["clip"])
+            part = meta_file.name
+            session.num_frames, session.clip = int(meta["num_frames"]), int(meta["clip"])
+            last = max((f.index for f in session.frames), default=-1)
+            if not (last < session.num_frames < 2**62 and 0 <= session.clip <= session.num_frames):
+                raise ValueError(f"num_frames {session.num_frames} / clip {session.clip} do not fit the stored frames")
+        except (OSError, ValueError, KeyError, TypeError, OverflowError, EOFError, zipfile.BadZipFile) as e:  # damage
+            raise PipelineError(f"cannot load session {directory} ({part}): {type(e).__name__}: {e}") from e
         return session
