@@ -342,6 +342,11 @@ class GenerationServer:
             slot.queue = np.zeros((0, 4, 4))
             self.error(slot.client, P.ErrorCode.INVALID, str(e), "trajectory")
             return True
+        except Exception as e:  # noqa: BLE001 - one session's failure (a bug, a damaged session) must not stop the others
+            log.exception("generation failed for %s", slot.key[:8])
+            slot.queue = np.zeros((0, 4, 4))
+            self.error(slot.client, P.ErrorCode.INTERNAL, f"generation failed: {type(e).__name__}: {e}", "trajectory")
+            return True
         finally:
             self.active, self._in_flight = None, None
         self.stats["chunks"] += 1
