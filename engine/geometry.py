@@ -236,7 +236,7 @@ def read_w2c_txt(path: str | Path) -> np.ndarray:
     for line_no, s in _lines(Path(path)):
         try:
             m = np.asarray(json.loads(s.replace("nan", "NaN").replace("inf", "Infinity")), dtype=np.float64)
-        except (json.JSONDecodeError, ValueError, TypeError):
+        except (json.JSONDecodeError, ValueError, TypeError, OverflowError):  # OverflowError: ints beyond float64
             raise TrajectoryFileError(path, line_no, "not a JSON-style nested list of numbers") from None
         if m.shape not in ((3, 4), (4, 4)):
             raise TrajectoryFileError(path, line_no, f"expected a 3x4 or 4x4 matrix, got shape {m.shape}")
@@ -300,9 +300,9 @@ def read_re10k(path: str | Path) -> Re10kTrajectory:
         if len(parts) != 19:
             raise TrajectoryFileError(path, line_no, f"expected 19 numbers per frame, got {len(parts)}")
         try:
-            t = int(parts[0])
+            t = int(np.int64(parts[0]))  # timestamps are int64 microseconds: larger ones are refused here
             v = np.array([float(p) for p in parts[1:]])
-        except ValueError:
+        except (ValueError, OverflowError):
             raise TrajectoryFileError(path, line_no, "not a number") from None
         if not np.all(np.isfinite(v)):
             raise TrajectoryFileError(path, line_no, "non-finite value")
