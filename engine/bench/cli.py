@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, str] = {
     "memory": "engine.bench.memory",
     "protocol": "engine.bench.protocol",
     "e2e": "engine.bench.e2e",
+    "fuzz": "engine.bench.fuzz",
 }
 
 
