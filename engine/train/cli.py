@@ -6,6 +6,8 @@
      "out": "runs/tiny-vae",               checkpoints (exact resume), loss.png, and the exported EMA weights
      "vae": "runs/tiny-vae/export",        dit stage only: the trained VAE to freeze
      "export": "models/tiny",              optional: where the final model (vae + dit) is written
+     "init": "runs/tiny-vae/export",       vae stage, optional: fine-tune from these weights
+     "freeze_encoder": true,               vae stage, optional: train the decoder only (latents stay valid)
      "settings": {...},                    engine.train.loop.TrainSettings fields
      "loss": {...},                        stage options (vae: kl_weight, depth_weight; dit: DitLossSettings fields)
      "samples": {...},                     dit stage: engine.train.dit.SampleSettings fields
@@ -85,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
         data = VaeClips(WorldDataset(conf["data"], vae_clip_frames(cfg, conf.get("clip_latent_frames", 2)), step=4), cfg,
                         crop=conf.get("crop", 0), seed=settings.seed)
         model = build_vae(cfg)
+        if conf.get("init"):  # fine-tuning: start from an exported VAE
+            model.load_state_dict(load_checkpoint(conf["init"], parts=("vae",)).vae.state_dict())
+        if conf.get("freeze_encoder"):  # decoder-only: latents (and any DiT trained on them) stay valid
+            model.encoder.requires_grad_(False)
+            model.to_moments.requires_grad_(False)
         loss_fn = make_vae_loss(cfg, **conf.get("loss", {}))
 
         def export(trainer):
