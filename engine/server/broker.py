@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from engine.server.security import ServerSecurity
-from engine.server.transport import HEARTBEAT, MESSAGE, READY
+from engine.server.transport import HEARTBEAT, MESSAGE, READY, SEND_HWM
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Broker:
         self.security = ServerSecurity(context, keys_dir)
         self.front = context.socket(zmq.ROUTER)
         self.front.setsockopt(zmq.LINGER, 0)
+        self.front.setsockopt(zmq.SNDHWM, SEND_HWM)  # before bind, as RouterTransport: a slow client loses frames
         self.front.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a client reconnecting with its identity takes over at once
         if max_message_bytes:
             self.front.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)

@@ -8,9 +8,9 @@ the next step. Frames go out as soon as they are decoded; the memory delta and C
 Durability: a session is autosaved (atomically) before any Ack that changes it is sent, and after clips at most every
 `autosave_interval_s` and whenever its queue runs dry, so nothing acknowledged is lost when the process is killed.
 With `resume=True` a client whose identity has an autosave gets its session back on its first message.
-Bounded resources: per-client send queues are capped by the socket's high-water mark (a slow reader loses frames, not
-the server's memory), a trajectory replaces the queued poses rather than adding to them, and idle sessions are
-evicted (after an autosave) once `max_sessions` is reached.
+Bounded resources: per-client send queues are capped by the transport's high-water mark (transport.SEND_HWM: a slow
+reader loses frames, not the server's memory), a trajectory replaces the queued poses rather than adding to them,
+and idle sessions are evicted (after an autosave) once `max_sessions` is reached.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _pose_close(a: np.ndarray, b: np.ndarray) -> bool:
 class GenerationServer:
     def __init__(self, model: WorldModel, transport, sessions_dir: str | Path, backend: str = "eager",
                  options: SessionOptions | None = None, resume: bool = False, autosave_interval_s: float = 2.0,
-                 max_sessions: int = 16, client_timeout_s: float = 30.0, send_hwm: int = 512):
+                 max_sessions: int = 16, client_timeout_s: float = 30.0):
         self.model, self.transport, self.backend = model, transport, backend
         self.options = options or SessionOptions()
         self.sessions_dir = Path(sessions_dir)
@@ -83,7 +83,6 @@ class GenerationServer:
         (self.sessions_dir / "saved").mkdir(parents=True, exist_ok=True)
         self.resume, self.autosave_interval_s = resume, autosave_interval_s
         self.max_sessions, self.client_timeout_s = max_sessions, client_timeout_s
-        self.transport.socket.setsockopt(zmq.SNDHWM, send_hwm)
         self.slots: dict[bytes, Slot] = {}
         self.active: Slot | None = None  # the slot whose chunk is being generated
         self._rr = 0

@@ -19,15 +19,18 @@ from engine.server.security import ServerSecurity
 
 READY, HEARTBEAT, MESSAGE = b"READY", b"HB", b"MSG"
 HEARTBEAT_INTERVAL_S = 1.0
+SEND_HWM = 512  # messages queued per client; beyond, new ones are dropped (a slow reader loses frames, not memory)
 
 
 class RouterTransport:
     """A ROUTER socket bound at `address`; each DEALER client is one identity."""
 
-    def __init__(self, context: zmq.Context, address: str, keys_dir=None, max_message_bytes: int | None = None):
+    def __init__(self, context: zmq.Context, address: str, keys_dir=None, max_message_bytes: int | None = None,
+                 send_hwm: int = SEND_HWM):
         self.security = ServerSecurity(context, keys_dir)
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDHWM, send_hwm)  # before bind: accepted connections keep the options of bind time
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a vanished client's replies are dropped, not raised
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a client reconnecting with its identity takes over at once
         if max_message_bytes:
