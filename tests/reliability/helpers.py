@@ -136,7 +136,7 @@ def forward_poses(start_w2c, n, step=0.04, offset=1):
 
 
 @contextlib.contextmanager
-def inproc_server(checkpoint, sessions, address="tcp://127.0.0.1:*", **kwargs):
+def inproc_server(checkpoint, sessions, address="tcp://127.0.0.1:*", send_hwm=None, **kwargs):
     """A GenerationServer in a thread of this process (for settings `spatia serve` does not expose)."""
     import torch
 
@@ -147,7 +147,8 @@ def inproc_server(checkpoint, sessions, address="tcp://127.0.0.1:*", **kwargs):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the cores are shared; and this is what the server processes of the tests use
     context = zmq.Context()
-    server = GenerationServer(WorldModel.load(checkpoint), RouterTransport(context, address), sessions, **kwargs)
+    transport = RouterTransport(context, address, **({} if send_hwm is None else {"send_hwm": send_hwm}))
+    server = GenerationServer(WorldModel.load(checkpoint), transport, sessions, **kwargs)
     stop = threading.Event()
     failure = []
 
