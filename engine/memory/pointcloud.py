@@ -673,6 +673,8 @@ class SpatialMemory:
         else:
             rgb = np.full((len(xyz), 3), PLY_GREY, np.uint8)
         finite = np.isfinite(xyz).all(axis=1)
+        if not finite.any():  # (an empty memory would hide that nothing usable was read)
+            raise MemoryFileError(path, f"none of its {len(xyz)} points has finite coordinates")
         mem = cls(voxel_size, capacity)
         try:
             mem.insert_points(xyz[finite], rgb[finite])
