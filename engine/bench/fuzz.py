@@ -405,21 +405,24 @@ def run_case(target: Target, case: int, seed: int, workdir: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- worker process
-def _limit_memory() -> None:
+def _set_memory_limit(extra_bytes: int | None) -> None:
+    """Cap the worker's address space at its current size plus extra_bytes (None lifts the cap)."""
     import resource
 
+    if extra_bytes is None:
+        resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        return
     vm = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
               if line.startswith("VmSize:"))
-    resource.setrlimit(resource.RLIMIT_AS, (vm + WORKER_MEMORY_BYTES, resource.RLIM_INFINITY))
+    resource.setrlimit(resource.RLIMIT_AS, (vm + extra_bytes, resource.RLIM_INFINITY))
 
 
-def _worker(conn, target_name: str, seed: int, workdir: str) -> None:
+def _worker(conn, seed: int, workdir: str) -> None:
     import warnings
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     work = Path(workdir)
-    target = build_target(target_name, work)
-    _limit_memory()
+    targets: dict[str, Target] = {}
     # native readers (RPly, open3d) print every complaint; keep the parent's stdout clean JSON
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
@@ -427,17 +430,27 @@ def _worker(conn, target_name: str, seed: int, workdir: str) -> None:
     warnings.simplefilter("ignore")  # overflow warnings of NumPy casts on garbage values
     conn.send("ready")
     while True:
-        case = conn.recv()
-        if case is None:
+        request = conn.recv()
+        if request is None:
             return
-        conn.send(run_case(target, case, seed, work))
+        name, case = request
+        if name not in targets:  # built lazily, without the cap (imports map a lot of address space)
+            _set_memory_limit(None)
+            (work / name).mkdir(exist_ok=True)
+            try:
+                targets[name] = build_target(name, work / name)
+            except Exception:  # noqa: BLE001 - the harness itself failed: the parent reports it
+                conn.send({"case": case, "outcome": "setup_failed", "message": traceback.format_exc()[-3000:]})
+                continue
+            _set_memory_limit(WORKER_MEMORY_BYTES)
+        conn.send(run_case(targets[name], case, seed, work / name))
 
 
 class Worker:
-    """A fuzz worker process for one target; restarted after a crash or a hang."""
+    """A fuzz worker process (targets built on first use); restarted after a crash or a hang."""
 
-    def __init__(self, target: str, seed: int, workdir: Path):
-        self.target, self.seed, self.workdir = target, seed, workdir
+    def __init__(self, seed: int, workdir: Path):
+        self.seed, self.workdir = seed, workdir
         self.ctx = mp.get_context("spawn")
         self.proc = None
         self.conn = None
@@ -445,18 +458,17 @@ class Worker:
 
     def start(self) -> None:
         self.conn, child = self.ctx.Pipe()
-        self.proc = self.ctx.Process(target=_worker, args=(child, self.target, self.seed, str(self.workdir)),
-                                     daemon=True)
+        self.proc = self.ctx.Process(target=_worker, args=(child, self.seed, str(self.workdir)), daemon=True)
         self.proc.start()
         child.close()
         self.starts += 1
         if not self.conn.poll(300) or self.conn.recv() != "ready":
-            raise RuntimeError(f"the fuzz worker for {self.target} did not start (exit code {self.proc.exitcode})")
+            raise RuntimeError(f"the fuzz worker did not start (exit code {self.proc.exitcode})")
 
-    def run(self, case: int, timeout_s: float) -> dict:
+    def run(self, target: str, case: int, timeout_s: float) -> dict:
         if self.proc is None or not self.proc.is_alive():
             self.start()
-        self.conn.send(case)
+        self.conn.send((target, case))
         try:
             if self.conn.poll(timeout_s):
                 return self.conn.recv()
@@ -483,30 +495,49 @@ class Worker:
 FAILURES = ("unclear", "bad_value", "crash", "hang")
 
 
-def fuzz_target(name: str, cases: int, seed: int, timeout_s: float, out: Path | None = None) -> dict:
+def fuzz_target(worker: Worker, name: str, cases: int, seed: int, timeout_s: float, out: Path | None = None) -> dict:
     """Run `cases` malformed inputs of one target; outcome counts, error types and the failing cases."""
-    workdir = Path(tempfile.mkdtemp(prefix=f"spatia-fuzz-{name}-"))
-    worker = Worker(name, seed, workdir)
     counts, types, failures, ms = Counter(), Counter(), [], []
+    starts = worker.starts
     t0 = time.perf_counter()
+    for case in range(cases):
+        # a generous first-case limit: the worker builds the target (imports, seed files) on its first case
+        r = worker.run(name, case, timeout_s if case else max(timeout_s, 300.0))
+        if r["outcome"] == "setup_failed":
+            raise RuntimeError(f"fuzz target {name} could not be set up:\n{r['message']}")
+        counts[r["outcome"]] += 1
+        ms.append(r.get("ms", 0.0))
+        if r["outcome"] in ("clear", "unclear", "bad_value"):
+            types[f"{r['outcome']}:{r['type']}"] += 1
+        if r["outcome"] in FAILURES:
+            failures.append(r)
+            if out is not None:
+                _save_failure(name, case, seed, out)
+    return {"cases": cases, **{k: counts.get(k, 0) for k in ("accepted", "clear", *FAILURES)},
+            "error_types": dict(types.most_common()), "worker_restarts": worker.starts - starts,
+            "case_ms_median": sorted(ms)[len(ms) // 2] if ms else 0.0, "seconds": time.perf_counter() - t0,
+            "failures": failures[:20]}
+
+
+def fuzz(targets: list[str], cases: int, seed: int = 0, timeout_s: float = 20.0, out: Path | None = None) -> dict:
+    """Fuzz several targets in one worker process (restarted when a case kills it)."""
+    unknown = sorted(set(targets) - set(TARGETS))
+    if unknown:
+        raise ValueError(f"unknown fuzz target(s) {unknown}; choose from {', '.join(TARGETS)}")
+    workdir = Path(tempfile.mkdtemp(prefix="spatia-fuzz-"))
+    worker = Worker(seed, workdir)
     try:
-        for case in range(cases):
-            r = worker.run(case, timeout_s)
-            counts[r["outcome"]] += 1
-            ms.append(r.get("ms", 0.0))
-            if r["outcome"] in ("clear", "unclear", "bad_value"):
-                types[f"{r['outcome']}:{r['type']}"] += 1
-            if r["outcome"] in FAILURES:
-                failures.append(r)
-                if out is not None:
-                    _save_failure(name, case, seed, out)
+        per_target = {t: fuzz_target(worker, t, cases, seed, timeout_s, out) for t in targets}
     finally:
         worker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    return {"cases": cases, **{k: counts.get(k, 0) for k in ("accepted", "clear", *FAILURES)},
-            "error_types": dict(types.most_common()), "worker_starts": worker.starts,
-            "case_ms_median": sorted(ms)[len(ms) // 2] if ms else 0.0, "seconds": time.perf_counter() - t0,
-            "failures": failures[:20]}
+    return {
+        "cases": sum(r["cases"] for r in per_target.values()),
+        "failures": sum(r[k] for r in per_target.values() for k in FAILURES),
+        "clear_error_types": {t: [s.split(":")[1] for s in CLEAR_ERRORS[t]] for t in targets},
+        "seed": seed,
+        "targets": per_target,
+    }
 
 
 def _save_failure(name: str, case: int, seed: int, out: Path) -> None:
@@ -531,19 +562,9 @@ def _save_failure(name: str, case: int, seed: int, out: Path) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = sorted(set(targets) - set(TARGETS))
-    if unknown:
-        raise ValueError(f"unknown fuzz target(s) {unknown}; choose from {', '.join(TARGETS)}")
     if args.cases < 1 or not math.isfinite(args.case_timeout_s) or args.case_timeout_s <= 0:
         raise ValueError("--cases must be >= 1 and --case-timeout-s positive")
     args.out.mkdir(parents=True, exist_ok=True)
-    per_target = {t: fuzz_target(t, args.cases, args.seed, args.case_timeout_s, args.out) for t in targets}
-    result = {
-        "cases": sum(r["cases"] for r in per_target.values()),
-        "failures": sum(r[k] for r in per_target.values() for k in FAILURES),
-        "clear_error_types": {t: [s.split(":")[1] for s in CLEAR_ERRORS[t]] for t in targets},
-        "seed": args.seed,
-        "targets": per_target,
-    }
+    result = fuzz(targets, args.cases, args.seed, args.case_timeout_s, args.out)
     (args.out / "fuzz.json").write_text(json.dumps(result, indent=2))
     return result
