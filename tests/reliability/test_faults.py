@@ -233,19 +233,12 @@ def test_full_disk_simulated_in_process(tiny_checkpoint, tmp_path, ctx, monkeypa
 
 def test_corrupt_session_files_are_refused_clearly_and_others_unaffected(tiny_checkpoint, tmp_path, ctx):
     sessions = tmp_path / "sessions"
-    server = ServerProc(tiny_checkpoint, sessions, tmp_path / "server.log")
     victim = b"victim-" + os.urandom(4).hex().encode()
-    a, v = RawClient(ctx, server.address), RawClient(ctx, server.address, victim)
-    try:
-        open_session(a)
-        for name in ("good", "torn_frames", "torn_memory", "garbled_meta"):
-            a.send(P.Save(name=name))
-            assert a.recv().type == "ack"
-        open_session(v, seed=3)
-    finally:
-        a.close()
-        v.close()
-        server.stop(signal.SIGKILL)
+    session = WorldSession(WorldModel.load(tiny_checkpoint))  # sessions written as the server writes them
+    session.open_procedural(1)
+    for name in ("good", "torn_frames", "torn_memory", "garbled_meta"):
+        session.save(sessions / "saved" / name)
+    session.save(sessions / "autosave" / victim.hex())
     saved = sessions / "saved"
     (saved / "torn_frames" / "frames.npz").write_bytes((saved / "torn_frames" / "frames.npz").read_bytes()[:300])
     memory_file = saved / "torn_memory" / "memory.safetensors"

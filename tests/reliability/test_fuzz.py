@@ -8,7 +8,7 @@ from engine.server import protocol as P
 
 from .helpers import RawClient, ServerProc, open_session
 
-CASES = 40  # per target: 360 cases, a few seconds each target
+CASES = 30  # per target: 270 cases in a few seconds
 
 
 def test_short_fuzz_run_every_reader_refuses_clearly():
