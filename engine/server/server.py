@@ -50,6 +50,7 @@ class Slot:
     last_seen: float = field(default_factory=time.monotonic)
     last_autosave: float = 0.0
     dirty: bool = False  # changed since the last autosave
+    served: float = 0.0  # when its last chunk started (monotonic): the least recently served goes next
     cancel: bool = False  # set by pump() to stop the chunk in flight
 
     @property
@@ -85,7 +86,6 @@ class GenerationServer:
         self.max_sessions, self.client_timeout_s = max_sessions, client_timeout_s
         self.slots: dict[bytes, Slot] = {}
         self.active: Slot | None = None  # the slot whose chunk is being generated
-        self._rr = 0
         self._poller = zmq.Poller()
         self._poller.register(self.transport.socket, zmq.POLLIN)
         self.stats = {"messages": 0, "errors": 0, "chunks": 0, "cancelled": 0, "frames": 0}
@@ -303,13 +303,12 @@ class GenerationServer:
     _in_flight: np.ndarray | None = None
 
     def _next_slot(self) -> Slot | None:
+        """The ready slot served least recently (round robin that stays fair as clients come and go); no side
+        effects, so asking whether there is work does not skip anyone."""
         now = time.monotonic()
         ready = [s for s in self.slots.values() if s.session is not None and len(s.queue)
                  and now - s.last_seen < self.client_timeout_s]
-        if not ready:
-            return None
-        self._rr += 1
-        return ready[self._rr % len(ready)]
+        return min(ready, key=lambda s: s.served, default=None)
 
     def generate_once(self) -> bool:
         """Generate one chunk for the next session with queued poses; False when there was nothing to do."""
@@ -321,6 +320,7 @@ class GenerationServer:
         poses, slot.queue = slot.queue[:n], slot.queue[n:]
         seq, t_input = slot.seq, slot.t_input
         self.active, self._in_flight, slot.cancel = slot, poses, False
+        slot.served = time.monotonic()
 
         def on_frame(index, rgb, depth, w2c, timings):
             self.stats["frames"] += 1
