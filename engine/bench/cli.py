@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, str] = {
     "protocol": "engine.bench.protocol",
     "e2e": "engine.bench.e2e",
     "fuzz": "engine.bench.fuzz",
+    "load": "engine.bench.load",
 }
 
 

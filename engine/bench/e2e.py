@@ -217,6 +217,7 @@ class WalkClient:
         self.walk_t0 = 0.0
         self.last_tick: float | None = None
         self.ready = False  # session open and its start frame here
+        self.walking = True  # the walk drives the camera (False: at rest, see come_to_rest)
         self.measuring = False
         self.measure_t0 = float("inf")
         self.clip_count = 0
@@ -286,12 +287,23 @@ class WalkClient:
     # ------------------------------------------------------------------ input and streaming
     def tick(self, now: float) -> None:
         """One explorer frame: walk input, camera motion, the streamer's decision."""
-        from explorer.script import ScriptPlayer
-
         dt = 0.0 if self.last_tick is None else max(0.0, now - self.last_tick)
         self.last_tick = now
         if not self.ready:
             return
+        if self.walking:
+            self._walk(now)
+        self.camera.update(dt)
+        if self.measuring and self.streamer.pending > 0:
+            self.rec.demand_s += dt
+        traj = self.streamer.update(self.camera, now)
+        if traj is not None:
+            self.client.send(traj)
+
+    def _walk(self, now: float) -> None:
+        """Feed the walk's input due by now to the camera, as the app's input handlers do."""
+        from explorer.script import ScriptPlayer
+
         if self.player is None:
             self.player, self.walk_t0 = ScriptPlayer(self.walk), now
         step = self.player.step(now - self.walk_t0)
@@ -308,12 +320,14 @@ class WalkClient:
             self.streamer.note_input(now)
         if step.ended:
             self.player = None  # loop the walk
-        self.camera.update(dt)
-        if self.measuring and self.streamer.pending > 0:
-            self.rec.demand_s += dt
-        traj = self.streamer.update(self.camera, now)
-        if traj is not None:
-            self.client.send(traj)
+
+    def come_to_rest(self, now: float) -> None:
+        """Stop the walk and let go of every key (the camera coasts to rest; its final path is still streamed)."""
+        self.walking = False
+        self.player = None
+        if self.camera is not None:
+            self.camera.release_all()
+            self.streamer.note_input(now)
 
     def begin_measurement(self, now: float) -> None:
         self.rec, self.measuring, self.measure_t0 = Record(), True, now
