@@ -6,7 +6,7 @@
      "out": "runs/tiny-vae",               checkpoints (exact resume), loss.png, and the exported EMA weights
      "vae": "runs/tiny-vae/export",        dit stage only: the trained VAE to freeze
      "export": "models/tiny",              optional: where the final model (vae + dit) is written
-     "init": "runs/tiny-vae/export",       vae stage, optional: fine-tune from these weights
+     "init": "runs/tiny-vae/export",       optional: start from these exported weights (vae or dit stage)
      "freeze_encoder": true,               vae stage, optional: train the decoder only (latents stay valid)
      "settings": {...},                    engine.train.loop.TrainSettings fields
      "loss": {...},                        stage options (vae: kl_weight, depth_weight; dit: DitLossSettings fields)
@@ -117,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
                 dist.barrier()
             data = CachedSamples(conf["cache"], cfg)
         model = SpatiaDiT(cfg)
+        if conf.get("init"):  # continue from exported weights (e.g. the shipped model); optimizer state starts fresh
+            model.load_state_dict(load_checkpoint(conf["init"], parts=("dit",)).dit.state_dict())
         loss_fn = make_dit_loss(cfg, vae, DitLossSettings(**conf.get("loss", {})))
 
         def export(trainer):
