@@ -73,7 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backends", default="eager,compile,tensorrt", help="comma list: eager, compile, tensorrt")
     parser.add_argument("--clients", default="1,2,4", help="concurrent explorers per run, comma list")
     parser.add_argument("--seconds", type=float, default=24.0, help="measured walk per run (s)")
-    parser.add_argument("--warmup-s", type=float, default=4.0, help="walk after the first clip, not measured (s)")
+    parser.add_argument("--warmup-clips", type=int, default=4,
+                        help="clips per explorer before measuring (compile specialises on the reference count)")
+    parser.add_argument("--warmup-s", type=float, default=4.0, help="walk after the warm-up clips, not measured (s)")
     parser.add_argument("--budget-s", type=float, default=120.0,
                         help="a model/backend whose first chunk takes longer is reported as skipped")
     parser.add_argument("--start-timeout-s", type=float, default=180.0, help="server start-up limit (s)")
@@ -493,6 +495,10 @@ def measure(server: ServerChild, n_clients: int, walk, args) -> dict:
         if not drive(clients, server, until=lambda: all(c.clip_count >= 1 for c in clients), timeout_s=args.budget_s):
             raise BudgetExceeded(f"the first chunk took longer than --budget-s {args.budget_s:g} s")
         first_chunk_s = time.time() - t0
+        if not drive(clients, server, until=lambda: all(c.clip_count >= args.warmup_clips for c in clients),
+                     timeout_s=args.budget_s):
+            raise BudgetExceeded(f"{args.warmup_clips} warm-up clips took longer than --budget-s {args.budget_s:g} s")
+        warmup_clips_s = time.time() - t0
         drive(clients, server, seconds=args.warmup_s)
         rss_before = server.rss_bytes()
         now = time.time()
@@ -503,6 +509,7 @@ def measure(server: ServerChild, n_clients: int, walk, args) -> dict:
             c.end_measurement()
         result = summarize(clients, args.seconds)
         result["first_chunk_s"] = first_chunk_s
+        result["warmup_clips_s"] = warmup_clips_s  # start-up cost: compile time shows here
         result["server_rss_mb"] = {"before": rss_before / 2**20, "after": server.rss_bytes() / 2**20}
         for c in clients:
             c.stop_walking()

@@ -66,12 +66,13 @@ class LoadClient(WalkClient):
         self.clip_log: list[tuple[float, dict]] = []  # (receive time, ClipDone timings) over the whole soak
         self.last_answer: float | None = None
         self.max_gap_s = 0.0
+        self.max_gap_at = 0.0  # when the longest gap ended
         self.frames_total = 0
 
     def handle(self, msg, now: float) -> None:
         if self.measuring:
-            if self.last_answer is not None:
-                self.max_gap_s = max(self.max_gap_s, now - self.last_answer)
+            if self.last_answer is not None and now - self.last_answer > self.max_gap_s:
+                self.max_gap_s, self.max_gap_at = now - self.last_answer, now
             self.last_answer = now
         if msg.type == "frame" and msg.seq > 0:
             self.answered_seqs.add(msg.seq)
@@ -210,7 +211,7 @@ def summarize(clients: list[LoadClient], samples, args, complete: bool) -> dict:
         "generated_fps_total": sum(c.frames_total for c in clients) / args.seconds,
         "requests": {
             "trajectories": sum(c.trajectories for c in clients),
-            "trajectories_answered": sum(len(c.answered_seqs) for c in clients),
+            "trajectories_answered": sum(len(c.answered_seqs) for c in clients),  # the others: overtaken by newer
             "edits": sum(c.edits_sent for c in clients),
             "acks": sum(c.acks for c in clients),
             "edit_errors": sum(c.edit_errors for c in clients),
@@ -218,7 +219,8 @@ def summarize(clients: list[LoadClient], samples, args, complete: bool) -> dict:
             "edit_answer_s_max": max((x for c in clients for x in c.edit_latency_s), default=0.0),
             "final_paths_complete": complete,
         },
-        "stall": {"max_gap_s": max_gap, "per_client_s": [c.max_gap_s for c in clients], "limit_s": args.stall_s},
+        "stall": {"max_gap_s": max_gap, "per_client_s": [c.max_gap_s for c in clients], "limit_s": args.stall_s,
+                  "ended_at_s": [c.max_gap_at - t0 for c in clients]},
         "rss_mb": {"start": rss[0] if rss else None, "end": rss[-1] if rss else None, "max": max(rss, default=None),
                    "slope_mb_per_min_2nd_half": _fit_slope(t[half:], rss[half:]) * 60},
         "sessions_data_mb": {"start": data[0] if data else None, "end": data[-1] if data else None,
