@@ -95,6 +95,12 @@ def read_rss_bytes(pid: int) -> int:
     raise RuntimeError(f"/proc/{pid}/status has no VmRSS line")
 
 
+def read_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
 class ServerChild:
     """`spatia serve` as a child process on a free loopback port (explorer.client.LocalServer), stopped on exit."""
 
@@ -501,6 +507,7 @@ def measure(server: ServerChild, n_clients: int, walk, args) -> dict:
         warmup_clips_s = time.time() - t0
         drive(clients, server, seconds=args.warmup_s)
         rss_before = server.rss_bytes()
+        cpu_before, bench_cpu_before = read_cpu_seconds(server.pid), time.process_time()
         now = time.time()
         for c in clients:
             c.begin_measurement(now)
@@ -508,6 +515,9 @@ def measure(server: ServerChild, n_clients: int, walk, args) -> dict:
         for c in clients:
             c.end_measurement()
         result = summarize(clients, args.seconds)
+        # how much CPU the server got: on shared cores this, not the code, often sets the numbers
+        result["server_cpu_cores"] = (read_cpu_seconds(server.pid) - cpu_before) / (time.time() - now)
+        result["bench_client_cpu_cores"] = (time.process_time() - bench_cpu_before) / (time.time() - now)
         result["first_chunk_s"] = first_chunk_s
         result["warmup_clips_s"] = warmup_clips_s  # start-up cost: compile time shows here
         result["server_rss_mb"] = {"before": rss_before / 2**20, "after": server.rss_bytes() / 2**20}

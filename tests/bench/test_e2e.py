@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 
 import pytest
 
@@ -55,6 +56,7 @@ def test_short_run_times_every_stage_and_the_stages_add_up(tiny_checkpoint, tmp_
     assert r["generated_fps_per_client"] > 0 and r["playback_fps"] > 0
     assert r["real_time_factor"] == pytest.approx(r["generated_fps_per_client"] / r["playback_fps"])
     assert r["frames"] >= r["clips"]
+    assert 0 < r["server_cpu_cores"] <= (os.cpu_count() or 1) + 0.5
 
     # the JSON on disk and the plots
     on_disk = json.loads((tmp_path / "out" / "e2e.json").read_text())
