@@ -496,7 +496,8 @@ def measure(server: ServerChild, n_clients: int, walk, args) -> dict:
     clients = [WalkClient(server.address, args.seed + i, walk) for i in range(n_clients)]
     try:
         if not drive(clients, server, until=lambda: all(c.ready for c in clients), timeout_s=args.start_timeout_s):
-            raise RuntimeError(f"no session opened within {args.start_timeout_s} s; server log:\n{server.local.log_tail()}")
+            raise RuntimeError(f"no session opened within {args.start_timeout_s} s; server log:\n"
+                               f"{server.local.log_tail()}")
         t0 = time.time()
         if not drive(clients, server, until=lambda: all(c.clip_count >= 1 for c in clients), timeout_s=args.budget_s):
             raise BudgetExceeded(f"the first chunk took longer than --budget-s {args.budget_s:g} s")
@@ -548,7 +549,7 @@ def resolve_model(name: str) -> Path:
         return path
     if (MODELS_DIR / name / "config.json").is_file():
         return MODELS_DIR / name
-    shipped = sorted(p.name for p in MODELS_DIR.iterdir() if (p / "config.json").is_file()) if MODELS_DIR.is_dir() else []
+    shipped = sorted(p.parent.name for p in MODELS_DIR.glob("*/config.json"))
     raise FileNotFoundError(f"--model {name!r}: no checkpoint there and no shipped model of that name (shipped: "
                             f"{shipped or 'none'}); time a preset with random weights instead: --model none "
                             f"--configs {name if name in ('tiny', 'small') else 'tiny'}")
@@ -768,7 +769,8 @@ def plot_stages(runs: list[dict], path: Path) -> None:
         s = r["stages_ms"]
         bottom = 0.0
         steps = sum(v for k, v in s.items() if k.startswith("step_"))
-        order = ["retrieval", "render", "encode", "steps", *[k for k in keys if k not in ("retrieval", "render", "encode")]]
+        first = ("retrieval", "render", "encode")
+        order = [*first, "steps", *[k for k in keys if k not in first]]
         for j, k in enumerate(order):
             v = steps if k == "steps" else s.get(k, 0.0)
             ax.bar(i, max(0.0, v), bottom=bottom, color=cmap(j % 20), label=k if i == 0 else None)

@@ -199,9 +199,11 @@ def summarize(clients: list[LoadClient], samples, args, complete: bool) -> dict:
         for when, timings in c.clip_log:
             if when >= t0:
                 by_minute.setdefault(str(int((when - t0) // 60)), []).append(timings)
-    stage_trend = {m: {k: statistics.median(r[k] for r in rows if k in r) for k in TRACKED_STAGES
-                       if any(k in r for r in rows)} | {"clips": len(rows)} for m, rows in sorted(by_minute.items(),
-                                                                                                    key=lambda kv: int(kv[0]))}
+    stage_trend = {}
+    for minute in sorted(by_minute, key=int):
+        rows = by_minute[minute]
+        stage_trend[minute] = {k: statistics.median(r[k] for r in rows if k in r) for k in TRACKED_STAGES
+                               if any(k in r for r in rows)} | {"clips": len(rows)}
     unanswered_edits = sum(len(c.edits_open) for c in clients)
     max_gap = max(c.max_gap_s for c in clients)
     out = {
