@@ -114,6 +114,10 @@ class SessionOptions:
     candidate_stride: int = 4  # every n-th generated frame is kept as a retrieval candidate
     update_stride: int = 1  # every n-th new frame updates the memory
     update_memory: bool = True  # False: the memory stays as opened and edited (a fixed-scene mode, and ablations)
+    # True: new frames add points only where the memory's own render had none (new content). Where the memory already
+    # covers a pixel the frame was generated to agree with it, so re-inserting it adds only reconstruction noise
+    # (floaters in front of good points, which then steer the next scene video).
+    update_uncovered_only: bool = True
     depth_range: tuple[float, float] = (0.05, 40.0)  # depths trusted for memory updates (m)
     max_stored_frames: int = 2048  # retrieval candidates kept (oldest dropped beyond it)
     steps: int | None = None  # sampler steps (None: cfg.sample_steps)
@@ -590,6 +594,8 @@ class WorldSession:
         delta = MemoryDelta.empty(self.memory.version)
         for i in range(0, n_new if opt.update_memory else 0, max(1, opt.update_stride)):
             keep = recon.valid[i] & ~dynamic[i]
+            if opt.update_uncovered_only:
+                keep &= ~coverage[i]
             depth_i = np.where(keep, recon.depth[i], np.nan).astype(np.float32)
             delta = delta.merge(self.memory.insert_rgbd(rgb_arr[i], depth_i, Ks[i], poses[i], frame_id=first_index + i,
                                                         confidence=recon.confidence[i], depth_range=opt.depth_range))

@@ -135,3 +135,15 @@ def test_save_and_load_round_trip(model, tmp_path):
     (tmp_path / "s" / "session.json").write_text("{broken")
     with pytest.raises(PipelineError, match="cannot load session"):
         WorldSession.load(tmp_path / "s", model)
+
+
+def test_frames_add_points_only_where_the_memory_had_none(model):
+    rgb, depth, _ = room_rgbd()
+    added = {}
+    for only_new in (True, False):
+        session = WorldSession(model, SessionOptions(segmentation=None, voxel_size=0.05, update_uncovered_only=only_new))
+        session.open_rgbd(rgb, depth, np.eye(4), INTR)
+        result = session.generate_chunk(np.eye(4)[None], INTR)  # the start view again: all of it is covered
+        assert result.coverage.mean() > 0.9
+        added[only_new] = result.delta.num_added
+    assert added[True] <= 0.1 * 32 * 32 < added[False]
