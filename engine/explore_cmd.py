@@ -180,8 +180,12 @@ def read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if words[0] == "format" and len(words) >= 2:
             fmt = words[1]
         elif words[0] == "element" and len(words) == 3:
+            if not (words[2].isascii() and words[2].isdigit()):
+                raise InputError(f"{path}: bad PLY element line {line!r} (the count must be a whole number)")
             elements.append([words[1], int(words[2]), []])
         elif words[0] == "property" and elements:
+            if len(words) < 3:
+                raise InputError(f"{path}: unsupported PLY property line {line!r}")
             if words[1] == "list":
                 elements[-1][2].append((words[-1], None))
             elif words[1] in PLY_TYPES and len(words) == 3:
