@@ -74,7 +74,8 @@ class WorldModel:
                 f"no model checkpoint at {name_or_path!r} (looked for {path / 'config.json'}); shipped models: "
                 f"{shipped or 'none'}; train one with `spatia train`"
             )
-        ckpt = load_checkpoint(path, device=device)
+        # shipped weights may be stored in float16 to stay small; a CPU computes in float32
+        ckpt = load_checkpoint(path, device=device, dtype=torch.float32 if str(device) == "cpu" else None)
         if ckpt.vae is None or ckpt.dit is None:
             raise FileNotFoundError(f"checkpoint {path} lacks the {'vae' if ckpt.vae is None else 'dit'} weights")
         return cls(ckpt.cfg, ckpt.vae.eval(), ckpt.dit.eval(), name=path.name, device=torch.device(device))
