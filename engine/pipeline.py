@@ -606,7 +606,9 @@ class WorldSession:
         for i in range(n_new):
             index = first_index + i
             if i == n_new - 1 or index % max(1, opt.candidate_stride) == 0:
-                self.frames.append(StoredFrame(index, rgb_arr[i], None if depth_arr is None else depth_arr[i], targets[i]))
+                # copies: a view would keep the whole chunk's arrays alive (4x the stored frames' memory)
+                self.frames.append(StoredFrame(index, rgb_arr[i].copy(), None if depth_arr is None else depth_arr[i].copy(),
+                                               targets[i]))
         self._drop_old_frames()
         self.num_frames += n_new
         self.clip += 1
