@@ -204,7 +204,6 @@ class Record:
     transfer_ms: list[float] = field(default_factory=list)
     frames: int = 0
     demand_s: float = 0.0  # time with poses sent but not yet answered by frames
-    answer_times: list[float] = field(default_factory=list)  # receive time of every message (stall detection)
     errors: list[str] = field(default_factory=list)
 
 
@@ -245,8 +244,6 @@ class WalkClient:
         from engine.geometry import fov_to_intrinsics
         from engine.server.protocol import OpenProcedural
 
-        if self.measuring:
-            self.rec.answer_times.append(now)
         kind = msg.type
         if kind == "capabilities":
             self.caps = msg

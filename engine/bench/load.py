@@ -67,13 +67,27 @@ class LoadClient(WalkClient):
         self.last_answer: float | None = None
         self.max_gap_s = 0.0
         self.max_gap_at = 0.0  # when the longest gap ended
+        self.stall_limit_s = 5.0
+        self.stalls: list[dict] = []  # gaps over the limit, with what this explorer did meanwhile
+        self._sent_at_last = 0  # trajectories sent when the last message came
         self.frames_total = 0
 
+    def receive(self) -> int:
+        n = super().receive()
+        # every message counts as an answer, heartbeats included (Client.poll consumes those itself, so the
+        # time of the last one comes from the client's silence clock)
+        last = self.clock() - self.client.silence_s
+        if self.measuring and last != self.last_answer:
+            gap = 0.0 if self.last_answer is None else last - self.last_answer
+            if gap > self.max_gap_s:
+                self.max_gap_s, self.max_gap_at = gap, last
+            if gap > self.stall_limit_s:
+                self.stalls.append({"ended_at": last - self.measure_t0, "gap_s": gap,
+                                    "trajectories_sent": self.streamer.sent - self._sent_at_last})
+            self.last_answer, self._sent_at_last = last, self.streamer.sent
+        return n
+
     def handle(self, msg, now: float) -> None:
-        if self.measuring:
-            if self.last_answer is not None and now - self.last_answer > self.max_gap_s:
-                self.max_gap_s, self.max_gap_at = now - self.last_answer, now
-            self.last_answer = now
         if msg.type == "frame" and msg.seq > 0:
             self.answered_seqs.add(msg.seq)
             self.frames_total += 1
@@ -143,6 +157,8 @@ def run(args: argparse.Namespace) -> dict:
         with ServerChild(model, workdir, "eager", args.threads) as server:
             clients = [LoadClient(server.address, args.seed + i, walk, edit_every_s=args.edit_every_s)
                        for i in range(args.clients)]
+            for c in clients:
+                c.stall_limit_s = args.stall_s
             try:
                 if not drive(clients, server, until=lambda: all(c.ready for c in clients), timeout_s=300.0):
                     raise RuntimeError(f"sessions did not open; server log:\n{server.local.log_tail()}")
@@ -222,7 +238,9 @@ def summarize(clients: list[LoadClient], samples, args, complete: bool) -> dict:
             "final_paths_complete": complete,
         },
         "stall": {"max_gap_s": max_gap, "per_client_s": [c.max_gap_s for c in clients], "limit_s": args.stall_s,
-                  "ended_at_s": [c.max_gap_at - t0 for c in clients]},
+                  "ended_at_s": [c.max_gap_at - t0 for c in clients],
+                  "stalls": sorted((x | {"explorer": c.seed} for c in clients for x in c.stalls),
+                                   key=lambda x: x["ended_at"])[:40]},
         "rss_mb": {"start": rss[0] if rss else None, "end": rss[-1] if rss else None, "max": max(rss, default=None),
                    "slope_mb_per_min_2nd_half": _fit_slope(t[half:], rss[half:]) * 60},
         "sessions_data_mb": {"start": data[0] if data else None, "end": data[-1] if data else None,
