@@ -82,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the server (default: its own)")
     parser.add_argument("--walk", type=Path, default=None, help="walk script (explorer script JSON; default built in)")
     parser.add_argument("--seed", type=int, default=0, help="procedural scene of the first explorer (+i for the i-th)")
-    parser.add_argument("--out", type=Path, default=Path("bench-results/e2e"), help="folder for JSON and PNGs")
+    parser.add_argument("--out", type=Path, default=Path("out/bench-e2e"), help="folder for JSON and PNGs")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 

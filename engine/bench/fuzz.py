@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma list of {', '.join(TARGETS)}")
     parser.add_argument("--seed", type=int, default=0, help="seed of the mutations (a case reproduces from it)")
     parser.add_argument("--case-timeout-s", type=float, default=20.0, help="a case running longer is a hang")
-    parser.add_argument("--out", type=Path, default=Path("bench-results/fuzz"), help="report and failing inputs")
+    parser.add_argument("--out", type=Path, default=Path("out/bench-fuzz"), help="report and failing inputs")
 
 
 # --------------------------------------------------------------------------------------------- mutations

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="RSS growth beyond the sessions' data allowed before memory counts as growing")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the server")
     parser.add_argument("--seed", type=int, default=0, help="procedural scene of the first explorer (+i for the i-th)")
-    parser.add_argument("--out", type=Path, default=Path("bench-results/load"), help="folder for JSON and PNG")
+    parser.add_argument("--out", type=Path, default=Path("out/bench-load"), help="folder for JSON and PNG")
     parser.add_argument("--no-plots", action="store_true")
 
 
