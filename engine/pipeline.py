@@ -717,6 +717,9 @@ class WorldSession:
     @classmethod
     def load(cls, directory: str | Path, model: WorldModel) -> "WorldSession":
         directory = Path(directory)
+        old = directory.with_name(f".{directory.name}.old")
+        if not directory.exists() and (old / "session.json").is_file():
+            directory = old  # killed between save()'s two renames: the previous save is complete in `.old`
         meta_file = directory / "session.json"
         part = meta_file.name  # the file being read, for the error message
         try:

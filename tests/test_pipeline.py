@@ -147,3 +147,13 @@ def test_frames_add_points_only_where_the_memory_had_none(model):
         assert result.coverage.mean() > 0.9
         added[only_new] = result.delta.num_added
     assert added[True] <= 0.1 * 32 * 32 < added[False]
+
+
+def test_load_survives_a_kill_between_the_two_renames_of_save(model, tmp_path):
+    session = WorldSession(model, SessionOptions(segmentation=None))
+    rgb, depth, _ = room_rgbd()
+    session.open_rgbd(rgb, depth, np.eye(4), INTR)
+    session.save(tmp_path / "s")
+    (tmp_path / "s").rename(tmp_path / ".s.old")  # the state after the first rename, before the second
+    back = WorldSession.load(tmp_path / "s", model)
+    assert len(back.memory) == len(session.memory)
