@@ -345,8 +345,8 @@ class WorldSession:
             exclude = np.asarray(exclude, bool)
             if exclude.shape != depth.shape:
                 raise PipelineError(f"mask of shape {exclude.shape} does not match the image {depth.shape}")
-        rgb, depth, intrinsics = self._fit(rgb, depth, intrinsics, exclude)
-        return self._start(rgb, depth, w2c, intrinsics, exclude=self._fitted_exclude)
+        rgb, depth, intrinsics, exclude = self._fit(rgb, depth, intrinsics, exclude)
+        return self._start(rgb, depth, w2c, intrinsics, exclude=exclude)
 
     def open_points(self, xyz: np.ndarray, rgb: np.ndarray, w2c: np.ndarray, intrinsics: np.ndarray) -> MemoryDelta:
         """Start from a point cloud (a PLY's points); the start frame is the memory rendered at the start pose."""
@@ -421,20 +421,16 @@ class WorldSession:
         return delta
 
     # ------------------------------------------------------------------ input checks
-    _fitted_exclude: np.ndarray | None = None
-
     def _fit(self, rgb, depth, intrinsics, exclude):
+        """An image, its depth and mask cropped and resized to the model's frame size (intrinsics adjusted)."""
         if rgb.shape[:2] == (self.height, self.width):
-            self._fitted_exclude = exclude
-            return rgb, depth, intrinsics
-        H, W = rgb.shape[:2]
+            return rgb, depth, intrinsics, exclude
         fitted_rgb, fitted_depth, fitted_intr = fit_image(rgb, depth, intrinsics, self.width, self.height)
         if exclude is not None:
             m, _, _ = fit_image(np.repeat(exclude[..., None].astype(np.uint8) * 255, 3, -1), None, intrinsics,
                                 self.width, self.height)
             exclude = m[..., 0] > 127
-        self._fitted_exclude = exclude
-        return fitted_rgb, fitted_depth, fitted_intr
+        return fitted_rgb, fitted_depth, fitted_intr, exclude
 
     @staticmethod
     def _check_pose(w2c) -> np.ndarray:

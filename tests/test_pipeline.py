@@ -157,3 +157,16 @@ def test_load_survives_a_kill_between_the_two_renames_of_save(model, tmp_path):
     (tmp_path / "s").rename(tmp_path / ".s.old")  # the state after the first rename, before the second
     back = WorldSession.load(tmp_path / "s", model)
     assert len(back.memory) == len(session.memory)
+
+
+def test_an_image_of_another_size_is_cropped_and_resized_with_its_mask(model):
+    session = WorldSession(model, SessionOptions(segmentation=None))
+    rgb = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    depth = np.full((48, 64), 2.0, np.float32)
+    mask = np.zeros((48, 64), bool)
+    mask[:, 32:] = True  # the right half is dynamic
+    session.open_rgbd(rgb, depth, np.eye(4), geometry.fov_to_intrinsics(70.0, 64 / 48), exclude=mask)
+    assert session.last_frame.rgb.shape == (32, 32, 3)
+    cam = session.last_frame.camera
+    uv, _ = geometry.project(session.memory.xyz.astype(np.float64), cam.w2c, cam.K)
+    assert len(uv) > 0 and uv[:, 0].max() < 17  # only the static left half went into the memory
