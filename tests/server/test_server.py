@@ -2,78 +2,17 @@
 
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import zmq
 
-from engine import geometry
 from engine.server import protocol as P
+from tests.reliability.helpers import INTR, RawClient, ServerProc, forward_poses
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    def __init__(self, checkpoint, sessions, extra=()):
-        self.address = f"tcp://127.0.0.1:{free_port()}"
-        cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", str(checkpoint), "--bind", self.address,
-               "--sessions", str(sessions), "--backend", "eager", "--threads", "1", "--log-level", "WARNING", *extra]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        if not line.startswith("READY"):
-            self.proc.kill()
-            raise RuntimeError(f"server did not start: {line}{self.proc.stderr.read()}")
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(20)
-
-
-class Client:
-    def __init__(self, ctx, address, identity=None):
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        if identity:
-            self.sock.setsockopt(zmq.IDENTITY, identity)
-        self.sock.connect(address)
-
-    def send(self, msg):
-        self.sock.send_multipart(P.encode(msg))
-
-    def recv(self, timeout=30.0):
-        if not self.sock.poll(int(timeout * 1000)):
-            raise TimeoutError("no reply from the server")
-        return P.decode(self.sock.recv_multipart())
-
-    def recv_until(self, type_, timeout=60.0):
-        got = []
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = self.recv(max(0.1, deadline - time.monotonic()))
-            got.append(msg)
-            if msg.type == type_:
-                return got
-
-    def close(self):
-        self.sock.close(0)
-
-
-def forward_poses(start_w2c, n, step=0.04, offset=1):
-    out = []
-    for i in range(offset, offset + n):
-        c2w = geometry.invert_se3(start_w2c)
-        c2w[:3, 3] += c2w[:3, 2] * step * i
-        out.append(geometry.invert_se3(c2w))
-    return np.stack(out)
+def clip_done(msg) -> bool:
+    return msg.type == "clip_done"
 
 
 def open_session(client, seed=1):
@@ -87,7 +26,6 @@ def open_session(client, seed=1):
     return caps, msgs[1], msgs[2]
 
 
-INTR = geometry.fov_to_intrinsics(65.0)
 
 
 @pytest.fixture
@@ -98,8 +36,8 @@ def ctx():
 
 
 def test_stream_two_clients_and_edits(tiny_checkpoint, tmp_path, ctx):
-    server = ServerProcess(tiny_checkpoint, tmp_path / "sessions")
-    a, b = Client(ctx, server.address), Client(ctx, server.address)
+    server = ServerProc(tiny_checkpoint, tmp_path / "sessions", tmp_path / "server.log")
+    a, b = RawClient(ctx, server.address), RawClient(ctx, server.address)
     try:
         caps, full_a, start_a = open_session(a, seed=1)
         _, full_b, start_b = open_session(b, seed=2)
@@ -108,7 +46,7 @@ def test_stream_two_clients_and_edits(tiny_checkpoint, tmp_path, ctx):
         a.send(P.Trajectory(seq=1, w2c=forward_poses(start_a.w2c, n), intrinsics=INTR, t_input=1.5))
         b.send(P.Trajectory(seq=1, w2c=forward_poses(start_b.w2c, n), intrinsics=INTR, t_input=2.5))
         for c, t_input in ((a, 1.5), (b, 2.5)):
-            msgs = c.recv_until("clip_done")
+            msgs = c.recv_until(clip_done)
             frames = [m for m in msgs if m.type == "frame"]
             assert [f.index for f in frames] == list(range(1, n + 1))
             assert all(f.seq == 1 and f.t_input == t_input for f in frames)
@@ -132,8 +70,8 @@ def test_stream_two_clients_and_edits(tiny_checkpoint, tmp_path, ctx):
 
 
 def test_newer_trajectory_cancels_a_stale_chunk(tiny_checkpoint, tmp_path, ctx):
-    server = ServerProcess(tiny_checkpoint, tmp_path / "sessions")
-    c = Client(ctx, server.address)
+    server = ServerProc(tiny_checkpoint, tmp_path / "sessions", tmp_path / "server.log")
+    c = RawClient(ctx, server.address)
     try:
         caps, _, start = open_session(c)
         n = caps.chunk_frames
@@ -142,9 +80,9 @@ def test_newer_trajectory_cancels_a_stale_chunk(tiny_checkpoint, tmp_path, ctx):
         back = forward_poses(start.w2c, n, step=-0.3)
         c.send(P.Trajectory(seq=2, w2c=back, intrinsics=INTR))
         c.send(P.Trajectory(seq=1, w2c=forward_poses(start.w2c, n), intrinsics=INTR))  # stale: ignored
-        msgs = c.recv_until("clip_done")
+        msgs = c.recv_until(clip_done)
         while msgs[-1].seq != 2:
-            msgs = c.recv_until("clip_done")
+            msgs = c.recv_until(clip_done)
         assert all(m.seq == 2 for m in msgs if m.type == "frame")
         np.testing.assert_allclose(msgs[-2 if msgs[-2].type == "frame" else -3].w2c if False else
                                    [m for m in msgs if m.type == "frame"][-1].w2c, back[-1])
@@ -160,13 +98,13 @@ def test_newer_trajectory_cancels_a_stale_chunk(tiny_checkpoint, tmp_path, ctx):
 
 def test_sigkill_and_resume_loses_nothing_acknowledged(tiny_checkpoint, tmp_path, ctx):
     sessions = tmp_path / "sessions"
-    server = ServerProcess(tiny_checkpoint, sessions)
+    server = ServerProc(tiny_checkpoint, sessions, tmp_path / "server.log")
     identity = b"explorer-" + os.urandom(4).hex().encode()
-    c = Client(ctx, server.address, identity)
+    c = RawClient(ctx, server.address, identity)
     caps, _, start = open_session(c)
     n = caps.chunk_frames
     c.send(P.Trajectory(seq=1, w2c=forward_poses(start.w2c, n), intrinsics=INTR))
-    done = c.recv_until("clip_done")[-1]
+    done = c.recv_until(clip_done)[-1]
     c.send(P.EditRemoveBox(edit_id=1, box_min=np.full(3, -0.5), box_max=np.full(3, 0.5)))
     ack = c.recv()
     assert ack.type == "ack"
@@ -174,14 +112,14 @@ def test_sigkill_and_resume_loses_nothing_acknowledged(tiny_checkpoint, tmp_path
     server.stop(signal.SIGKILL)
     c.close()
 
-    server = ServerProcess(tiny_checkpoint, sessions, extra=["--resume"])
-    c = Client(ctx, server.address, identity)
+    server = ServerProc(tiny_checkpoint, sessions, tmp_path / "server.log", extra=["--resume"])
+    c = RawClient(ctx, server.address, identity)
     try:
         c.send(P.Resync(have_version=version))
         full = c.recv()
         assert full.type == "memory_delta" and full.full and full.version_to == version
         c.send(P.Trajectory(seq=2, w2c=forward_poses(start.w2c, n, offset=n + 1), intrinsics=INTR))
-        frames = [m for m in c.recv_until("clip_done") if m.type == "frame"]
+        frames = [m for m in c.recv_until(clip_done) if m.type == "frame"]
         assert frames[0].index == done.first_frame + done.num_frames  # the video continues where it was
     finally:
         c.close()
@@ -189,8 +127,8 @@ def test_sigkill_and_resume_loses_nothing_acknowledged(tiny_checkpoint, tmp_path
 
 
 def test_bad_input_gets_errors_and_server_keeps_serving(tiny_checkpoint, tmp_path, ctx):
-    server = ServerProcess(tiny_checkpoint, tmp_path / "sessions")
-    c = Client(ctx, server.address)
+    server = ServerProc(tiny_checkpoint, tmp_path / "sessions", tmp_path / "server.log")
+    c = RawClient(ctx, server.address)
     try:
         c.sock.send_multipart([b"\x93garbage"])
         assert c.recv().code == P.ErrorCode.MALFORMED
@@ -221,8 +159,8 @@ def test_bad_input_gets_errors_and_server_keeps_serving(tiny_checkpoint, tmp_pat
 
 
 def test_broker_with_two_workers(tiny_checkpoint, tmp_path, ctx):
-    server = ServerProcess(tiny_checkpoint, tmp_path / "sessions", extra=["--workers", "2"])
-    clients = [Client(ctx, server.address) for _ in range(2)]
+    server = ServerProc(tiny_checkpoint, tmp_path / "sessions", tmp_path / "server.log", extra=["--workers", "2"])
+    clients = [RawClient(ctx, server.address) for _ in range(2)]
     try:
         for i, c in enumerate(clients):
             c.send(P.Hello())
