@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 SOLVERS = ("euler", "dpmpp_2m")
 ACTIVATIONS = ("gelu", "gelu_tanh")
+ATTENTION_LAYOUTS = ("full", "context")
 CFG_DROPS = ("text", "refs", "text+refs")
 
 # Per-channel statistics of the Wan2.2 VAE latents (from the official release); latents are normalised as
@@ -80,6 +81,12 @@ class ModelConfig:
     # ---- control branch (VACE-style)
     control_layers: tuple[int, ...] = (0, 2, 4)  # main layers paired with a control block
     control_scale: float = 1.0
+
+    # ---- attention layout over [references | history | target] tokens
+    # "full": every token attends to every token (the paper). "context": references and history (the clean
+    # context) attend only to each other, targets to everything, so the context's keys/values are computed once
+    # per chunk and reused by every sampler step (`engine.model.dit.ContextCache`).
+    attention_layout: str = "full"
 
     # ---- clip layout: tokens are [references | history | target] along time
     num_refs: int = 3  # at most this many reference frames (each encoded alone: one latent frame)
@@ -177,6 +184,8 @@ class ModelConfig:
         )
         need(self.num_refs >= 0 and self.history_latent_frames >= 0, "num_refs and history_latent_frames must be >= 0")
         need(self.chunk_latent_frames >= 1, "chunk_latent_frames must be >= 1")
+        need(self.attention_layout in ATTENTION_LAYOUTS,
+             f"attention_layout {self.attention_layout!r} is not one of {ATTENTION_LAYOUTS}")
         need(self.act in ACTIVATIONS, f"act {self.act!r} is not one of {ACTIVATIONS}")
         need(self.sample_solver in SOLVERS, f"sample_solver {self.sample_solver!r} is not one of {SOLVERS}")
         need(self.cfg_drop in CFG_DROPS, f"cfg_drop {self.cfg_drop!r} is not one of {CFG_DROPS}")
@@ -227,8 +236,9 @@ def _jsonable(v):
 
 PRESETS: dict[str, dict] = {
     # Real time on 2 CPU cores: 8 new 128x128 RGB-D frames per chunk from 4 sampler steps over
-    # (3 refs + 1 history + 2 target) x 64 tokens; sizes chosen from `spatia bench model` measurements.
-    "tiny": dict(),
+    # (3 refs + 1 history + 2 target) x 64 tokens, the context's keys/values cached across steps; sizes chosen
+    # from `spatia bench model` measurements.
+    "tiny": dict(attention_layout="context"),
     # GPU-sized: 256x256 RGB-D, 8x VAE (32x32x16 latents, 256 tokens per latent frame).
     "small": dict(
         height=256,

@@ -5,7 +5,8 @@ Data flow of one forward (B batch, C latent channels, K references, F = history 
   latents [B, C, F, h, w] and references [B, C, K, h, w] -> one video [B, C, K+F, h, w] -> 3D patches -> tokens
   [B, (K+F)*gh*gw, D]; 3D RoPE positions (t, h, w): video frame j at t = j, reference i at t = -K + i with its rows
   shifted by gh (so reference tokens never share a position with the video grid); adaLN modulation from per-frame
-  timesteps (references and history are clean: t = 0); full bidirectional self-attention; optional text
+  timesteps (references and history are clean: t = 0); full bidirectional self-attention (or, with
+attention_layout "context", context tokens attending only to the context, cacheable across steps); optional text
   cross-attention; the control branch: control tokens (patchified scene latents ++ mask latents, 2C channels, for
   the F video frames; zeros at reference frames) go through `len(control_layers)` blocks, block 0 adding a
   projection of them to the main hidden state, and each block's zero-initialised output projection is added to the
@@ -16,17 +17,22 @@ Parameter names follow Wan2.2 where they read well; `engine.model.convert` maps 
 
 API:
     dit = SpatiaDiT(cfg)
-    v = dit(x, t, refs=None, control=None, text=None, control_scale=None)
+    v = dit(x, t, refs=None, control=None, text=None, control_scale=None, history_frames=None, cache=None)
         x [B, C, F, h, w] history + target latents; t [B] (all frames) or [B, F] sigmas in [0, 1] per frame
         (0 for history); refs [B, C, K, h, w] clean reference latents, K <= cfg.num_refs (None: K = 0);
         control [B, 2C, F, h, w] scene-video latents ++ coverage-mask latents (None: control branch off);
         text [B, L, cfg.text_dim] text embeddings (None: no cross-attention)  ->  v [B, C, K + F, h, w]
+        history_frames: leading frames of x that are context (default cfg.history_latent_frames)
+    With attention_layout "context" the references and history attend only to each other; a ContextCache
+    passed with them is filled, and later calls pass only the target frames (x, t, control) with the filled
+    cache and get v [B, C, F_target, h, w], equal to the one-pass result at those frames.
     enc = UMT5TextEncoder(path); text = enc(["a prompt"])   (spatia-5b; needs `transformers` and local weights)
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -87,12 +93,26 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, backend: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, backend: str, split: int | None = None,
+                slot: dict | None = None) -> torch.Tensor:
+        """x [B, L, D]. split: the first `split` tokens (the context) attend only to each other (None: full).
+        slot: a layer's entry of a ContextCache; an empty one is filled with the context's keys/values [B, split,
+        H, Dh], a filled one means x holds targets only and attends to the cached context plus itself."""
         b, n, _ = x.shape
         q = apply_rope(self.norm_q(self.q(x)).view(b, n, self.heads, -1), freqs)  # [B, L, H, Dh]
         k = apply_rope(self.norm_k(self.k(x)).view(b, n, self.heads, -1), freqs)
         v = self.v(x).view(b, n, self.heads, -1)
-        return self.o(attention(q, k, v, backend).flatten(2))
+        if slot:  # targets only: keys/values of the cached context first, as in the one-pass layout
+            out = attention(q, torch.cat([slot["k"], k], 1), torch.cat([slot["v"], v], 1), backend)
+        elif split is None:
+            out = attention(q, k, v, backend)
+        else:
+            if slot is not None:
+                slot["k"], slot["v"] = k[:, :split], v[:, :split]
+            out = attention(q[:, :split], k[:, :split], v[:, :split], backend)
+            if split < n:
+                out = torch.cat([out, attention(q[:, split:], k, v, backend)], 1)
+        return self.o(out.flatten(2))
 
 
 class CrossAttention(nn.Module):
@@ -126,8 +146,10 @@ class DiTBlock(nn.Module):
         self.ffn = MLP(d, cfg.ffn_dim, d, act=cfg.act)
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
-    def forward(self, x: torch.Tensor, e0: torch.Tensor, rope: torch.Tensor, context, backend: str) -> torch.Tensor:
-        """x [B, L, D]; e0 [B, Fr, 6, D] per-frame modulation (frames are contiguous runs of L / Fr tokens)."""
+    def forward(self, x: torch.Tensor, e0: torch.Tensor, rope: torch.Tensor, context, backend: str,
+                split: int | None = None, slot: dict | None = None) -> torch.Tensor:
+        """x [B, L, D]; e0 [B, Fr, 6, D] per-frame modulation (frames are contiguous runs of L / Fr tokens);
+        split / slot: the context-attention layout and this layer's cache entry (see SelfAttention)."""
         b, n, d = x.shape
         frames = e0.shape[1]
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + e0).unbind(2)  # each [B, Fr, D]
@@ -139,7 +161,7 @@ class DiTBlock(nn.Module):
             return m[:, :, None]
 
         h = modulate(tok(self.norm1(x)), mod(shift1), mod(scale1)).view(b, n, d)
-        x = torch.addcmul(tok(x), tok(self.self_attn(h, rope, backend)), mod(gate1)).view(b, n, d)
+        x = torch.addcmul(tok(x), tok(self.self_attn(h, rope, backend, split, slot)), mod(gate1)).view(b, n, d)
         if self.cross_attn is not None and context is not None:
             x = x + self.cross_attn(self.norm_cross(x), context, backend)
         h = modulate(tok(self.norm2(x)), mod(shift2), mod(scale2)).view(b, n, d)
@@ -158,10 +180,10 @@ class ControlBlock(DiTBlock):
         nn.init.zeros_(self.after_proj.weight)
         nn.init.zeros_(self.after_proj.bias)
 
-    def forward(self, c: torch.Tensor, x: torch.Tensor, e0, rope, context, backend):
+    def forward(self, c: torch.Tensor, x: torch.Tensor, e0, rope, context, backend, split=None, slot=None):
         if self.before_proj is not None:
             c = self.before_proj(c) + x
-        c = super().forward(c, e0, rope, context, backend)
+        c = super().forward(c, e0, rope, context, backend, split, slot)
         return c, self.after_proj(c)
 
 
@@ -178,6 +200,26 @@ class Head(nn.Module):
         shift, scale = (self.modulation[:, None] + e[:, :, None]).unbind(2)  # each [B, Fr, D]
         h = modulate(self.norm(x).view(b, shift.shape[1], -1, d), shift[:, :, None], scale[:, :, None])
         return self.proj(h.view(b, n, d))
+
+
+# --------------------------------------------------------------------------------------------- context cache
+@dataclass
+class ContextCache:
+    """Keys/values of the clean context (references + history) for every attention layer of one chunk.
+
+    Only for attention_layout "context", where the context never attends to the targets, so its keys/values do not
+    change between sampler steps: the first forward of a chunk (with refs and history) fills the cache, and every
+    later forward takes the target latents alone. One cache per conditioning (a guidance pass that drops the
+    references needs its own)."""
+
+    refs: int = 0  # K reference frames in the cached layout
+    history: int = 0  # Fh history frames
+    main: list[dict] = field(default_factory=list)  # per main block: {"k", "v"} [B, (K + Fh) * tpf, H, Dh]
+    control: list[dict] = field(default_factory=list)  # per control block
+
+    @property
+    def filled(self) -> bool:
+        return bool(self.main) and bool(self.main[0])
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -261,13 +303,14 @@ class SpatiaDiT(nn.Module):
             if text.dim() != 3 or text.shape[0] != b or text.shape[2] != cfg.text_dim:
                 raise ValueError(f"text must be [{b}, L, {cfg.text_dim}]; got {tuple(text.shape)}")
 
-    def control_hints(self, tokens: torch.Tensor, control: torch.Tensor, ref_tokens: int, args) -> dict:
+    def control_hints(self, tokens: torch.Tensor, control: torch.Tensor, ref_tokens: int, args,
+                      slots: list[dict] | None = None) -> dict:
         """Run the control branch: {main layer index: hint [B, L, D]}, hints zero at the first `ref_tokens`."""
         ctl = self._embed(self.control_embed, control.to(tokens.dtype))  # [B, F*tpf, D]
         ctl = F.pad(ctl, (0, 0, ref_tokens, 0))  # zero control tokens at the reference frames
         hints = {}
-        for layer, block in zip(self.cfg.control_layers, self.control_blocks):
-            ctl, hint = block(ctl, tokens, *args)
+        for i, (layer, block) in enumerate(zip(self.cfg.control_layers, self.control_blocks)):
+            ctl, hint = block(ctl, tokens, *args, slot=None if slots is None else slots[i])
             hints[layer] = F.pad(hint[:, ref_tokens:], (0, 0, ref_tokens, 0))  # references get no control signal
         return hints
 
@@ -280,38 +323,64 @@ class SpatiaDiT(nn.Module):
         control: torch.Tensor | None = None,
         text: torch.Tensor | None = None,
         control_scale: float | None = None,
+        history_frames: int | None = None,
+        cache: ContextCache | None = None,
     ) -> torch.Tensor:
         cfg = self.cfg
         self._check(x, t, refs, control, text)
         b, c, f, h, w = x.shape
-        k = 0 if refs is None else refs.shape[2]
         gh, gw = h // cfg.patch[1], w // cfg.patch[2]
         tpf = gh * gw  # tokens per frame
-        frames = k + f
+        if cache is not None and cfg.attention_layout != "context":
+            raise ValueError(f"a ContextCache needs attention_layout 'context'; model {cfg.name!r} is "
+                             f"{cfg.attention_layout!r}")
+        cached = cache is not None and cache.filled
+        if cached:  # x holds target latents only; references and history come from the cache
+            if refs is not None:
+                raise ValueError("refs are in the filled ContextCache; pass refs=None with it")
+            k, fh = cache.refs, cache.history
+            video, prefix = x, (k + fh) * tpf  # tokens of the cached context before these ones
+        else:
+            k = 0 if refs is None else refs.shape[2]
+            fh = min(cfg.history_latent_frames, f) if history_frames is None else history_frames
+            if not 0 <= fh <= f:
+                raise ValueError(f"history_frames must be in [0, {f}]; got {fh}")
+            video, prefix = (x if k == 0 else torch.cat([refs.to(x.dtype), x], dim=2)), 0  # [B, C, K+F, h, w]
+        frames = video.shape[2]
+        tokens = self._embed(self.patch_embed, video)  # [B, frames*tpf, D]
 
-        video = x if k == 0 else torch.cat([refs.to(x.dtype), x], dim=2)  # [B, C, K+F, h, w]
-        tokens = self._embed(self.patch_embed, video)  # [B, (K+F)*tpf, D]
-
-        rope = self._rope(k, f, gh, gw, x.device)  # [L, Dh/2] complex
+        rope = self._rope(k, (fh if cached else 0) + f, gh, gw, x.device)[prefix:]  # [L, Dh/2] complex
 
         tf = t[:, None].expand(b, f) if t.dim() == 1 else t  # [B, F]
-        tf = torch.cat([tf.new_zeros(b, k), tf], dim=1)  # [B, K+F]; references are clean
+        tf = torch.cat([tf.new_zeros(b, frames - f), tf], dim=1)  # [B, frames]; references are clean
         e = self.time_embed(timestep_features(tf * cfg.num_train_timesteps, cfg.freq_dim).to(tokens.dtype))
-        e0 = self.time_proj(F.silu(e)).unflatten(-1, (6, cfg.dim))  # [B, K+F, 6, D]
+        e0 = self.time_proj(F.silu(e)).unflatten(-1, (6, cfg.dim))  # [B, frames, 6, D]
 
         context = None if text is None else self.text_embed(text.to(tokens.dtype))  # [B, Lt, D]
-        args = (e0, rope, context, self.attn_backend)
+        split = None
+        if cfg.attention_layout == "context" and not cached:
+            split = (k + fh) * tpf or None  # no context: plain full attention, nothing to cache
+            if cache is not None and split:  # this pass fills it
+                cache.refs, cache.history = k, fh
+                cache.main = [{} for _ in self.blocks]
+                cache.control = [{} for _ in self.control_blocks]
+        args = (e0, rope, context, self.attn_backend, split)
+        use_cache = cache is not None and bool(cache.main)  # filled here or before (empty when there is no context)
+        main_slots = cache.main if use_cache else [None] * len(self.blocks)
 
-        hints = self.control_hints(tokens, control, k * tpf, args) if control is not None else {}
+        hints = {}
+        if control is not None:
+            hints = self.control_hints(tokens, control, 0 if cached else k * tpf, args,
+                                       cache.control if use_cache else None)
         scale = cfg.control_scale if control_scale is None else control_scale
 
         for i, block in enumerate(self.blocks):
-            tokens = block(tokens, *args)
+            tokens = block(tokens, *args, slot=main_slots[i])
             if i in hints:
                 tokens = tokens + hints[i] * scale
 
         out = self.head(tokens, e)  # [B, L, pt*ph*pw*C]
-        return unpatchify(out, cfg.patch, (frames, gh, gw), c)
+        return unpatchify(out, cfg.patch, (frames, gh, gw), c)  # [B, C, frames, h, w]: K + F, or F when cached
 
 
 # --------------------------------------------------------------------------------------------- text encoder

@@ -7,7 +7,8 @@ in sigma, then shifted: sigma' = shift * s / (1 + (shift - 1) * s), which spends
 Solvers: `euler` and `dpmpp_2m` (DPM-Solver++ 2M in data prediction, x0 = x - sigma v, with first-order first and
 last steps), which is accurate with few steps. Classifier-free guidance: v = v_u + g (v_c - v_u), the
 unconditional pass dropping the text, the references, or both (`cfg_drop`). References and history are never
-integrated: the DiT sees their clean latents at t = 0 on every step.
+integrated: the DiT sees their clean latents at t = 0 on every step (with attention_layout "context", their keys
+and values are computed on the first step and reused, so later steps cost the target tokens only).
 
 API:
     target = sample(dit, cfg, history=h, refs=r, control=c, text=txt, steps=4, solver="dpmpp_2m",
@@ -26,6 +27,7 @@ from typing import Callable
 import torch
 
 from engine.model.configs import CFG_DROPS, SOLVERS, ModelConfig
+from engine.model.dit import ContextCache
 
 
 class SamplingCancelled(RuntimeError):
@@ -149,17 +151,27 @@ def sample(
     x = noise.to(device=device, dtype=torch.float32)  # integrate in float32 whatever the model dtype
     drop_text, drop_refs = "text" in cfg_drop, "refs" in cfg_drop
 
-    def velocity(xt: torch.Tensor, sigma: float) -> torch.Tensor:
+    # attention_layout "context": the first step fills one cache per conditioning with the context's keys/values,
+    # later steps run the target tokens alone
+    caches = [ContextCache(), ContextCache()] if cfg.attention_layout == "context" else [None, None]
+    control_target = None if control is None else control[:, :, fh:]
+
+    def run(xt: torch.Tensor, sigma: float, refs_, text_, cache: ContextCache | None) -> torch.Tensor:
+        t = torch.full((batch, target_frames), sigma, device=device, dtype=torch.float32)
+        if cache is not None and cache.filled:
+            return dit(xt.to(dtype), t, text=text_, control=control_target, control_scale=control_scale, cache=cache)
         inp = xt.to(dtype) if history is None else torch.cat([history, xt.to(dtype)], dim=2)
-        t = torch.zeros(batch, fh + target_frames, device=device, dtype=torch.float32)
-        t[:, fh:] = sigma
+        t = torch.cat([t.new_zeros(batch, fh), t], dim=1)
         kw = dict(control=control, control_scale=control_scale)
-        v = dit(inp, t, refs=refs, text=text, **kw)[:, :, -target_frames:].float()
+        if cache is not None:
+            kw.update(cache=cache, history_frames=fh)
+        return dit(inp, t, refs=refs_, text=text_, **kw)[:, :, -target_frames:]
+
+    def velocity(xt: torch.Tensor, sigma: float) -> torch.Tensor:
+        v = run(xt, sigma, refs, text, caches[0]).float()
         if guidance == 1.0:
             return v
-        v_u = dit(
-            inp, t, refs=None if drop_refs else refs, text=text_uncond if drop_text else text, **kw
-        )[:, :, -target_frames:].float()
+        v_u = run(xt, sigma, None if drop_refs else refs, text_uncond if drop_text else text, caches[1]).float()
         return v_u + guidance * (v - v_u)
 
     sigmas = flow_sigmas(steps, shift).tolist()

@@ -26,6 +26,20 @@ from engine.model.configs import ModelConfig
 FORMAT = "spatia-dit-cache"
 
 
+# Fields that shape the transformer or the sampler only: the cached latents do not depend on them, so a cache
+# serves any DiT trained on the same VAE, data and clip layout.
+DIT_ONLY_FIELDS = frozenset({
+    "name", "dim", "num_heads", "num_layers", "ffn_dim", "act", "freq_dim", "text_dim", "text_len", "eps",
+    "rope_theta", "num_train_timesteps", "control_layers", "control_scale", "attention_layout", "sample_steps",
+    "sample_shift", "sample_solver", "cfg_scale", "cfg_drop",
+})
+
+
+def cache_fields(model: dict) -> dict:
+    """The part of a ModelConfig dict that determines the cached latents."""
+    return {k: v for k, v in model.items() if k not in DIT_ONLY_FIELDS}
+
+
 def _shapes(cfg: ModelConfig, n: int) -> dict[str, tuple]:
     f = cfg.history_latent_frames + cfg.chunk_latent_frames
     z, h, w = cfg.latent_channels, cfg.latent_height, cfg.latent_width
@@ -44,7 +58,7 @@ def build_cache(samples: Dataset, vae: torch.nn.Module, cfg: ModelConfig, out: s
     indices = list(range(0, len(samples), every))
     meta_file = out / "meta.json"
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else None
-    if meta is not None and (meta["indices"] != indices or meta["model"] != cfg.to_dict()):
+    if meta is not None and (meta["indices"] != indices or cache_fields(meta["model"]) != cache_fields(cfg.to_dict())):
         raise ValueError(f"{out} holds a cache of other samples or another config; remove it or choose another folder")
     done = meta["done"] if meta else 0
     mode = "r+" if meta else "w+"
@@ -81,7 +95,7 @@ class CachedSamples(Dataset):
         if not meta_file.is_file():
             raise FileNotFoundError(f"no DiT sample cache at {root} (build it with the dit stage's 'cache' option)")
         meta = json.loads(meta_file.read_text())
-        if meta.get("format") != FORMAT or meta["model"] != cfg.to_dict():
+        if meta.get("format") != FORMAT or cache_fields(meta["model"]) != cache_fields(cfg.to_dict()):
             raise ValueError(f"{root} is not a DiT sample cache for this model config")
         if meta["done"] < len(meta["indices"]):
             raise ValueError(f"{root} is unfinished ({meta['done']} of {len(meta['indices'])} samples)")

@@ -9,7 +9,7 @@ import torch
 from conftest import micro
 
 from engine.model.configs import ModelConfig
-from engine.model.dit import SpatiaDiT, UMT5TextEncoder
+from engine.model.dit import ContextCache, SpatiaDiT, UMT5TextEncoder
 from engine.model.layers import (
     apply_rope,
     apply_rope_reference,
@@ -256,6 +256,53 @@ def test_tiny_model_overfits_one_clip():
 
 
 # --------------------------------------------------------------------------------------------- errors
+def _perturbed_dit(cfg):
+    torch.manual_seed(0)
+    dit = SpatiaDiT(cfg).eval()
+    for p in dit.parameters():  # the zero-initialised control projections too, so every path matters
+        p.data += 0.02 * torch.randn_like(p)
+    return dit
+
+
+def test_context_layout_isolates_the_context_and_caches_it():
+    cfg = micro("tiny", attention_layout="context")
+    dit = _perturbed_dit(cfg)
+    c, h, w = cfg.latent_channels, cfg.latent_height, cfg.latent_width
+    x, refs, control = torch.randn(2, c, 3, h, w), torch.randn(2, c, 2, h, w), torch.randn(2, 2 * c, 3, h, w)
+    t = torch.tensor([[0.0, 0.7, 0.7], [0.0, 0.2, 0.2]])
+    x2 = x.clone()
+    x2[:, :, 1:] = torch.randn_like(x2[:, :, 1:])  # new targets, same context
+    with torch.no_grad():
+        one = dit(x, t, refs=refs, control=control)
+        two = dit(x2, t, refs=refs, control=control)
+        # references (2 frames) and history (1) never see the targets; the targets do see the context
+        torch.testing.assert_close(one[:, :, :3], two[:, :, :3], atol=0, rtol=0)
+        assert not torch.allclose(one[:, :, 3:], two[:, :, 3:])
+        cache = ContextCache()
+        filled = dit(x, t, refs=refs, control=control, cache=cache)
+        torch.testing.assert_close(filled, one, atol=1e-6, rtol=0)
+        assert cache.filled and (cache.refs, cache.history) == (2, 1)
+        for step_x, full in ((x, one), (x2, two)):  # target-only passes reuse the cache
+            v = dit(step_x[:, :, 1:], t[:, 1:], control=control[:, :, 1:], cache=cache)
+            assert v.shape == (2, c, 2, h, w)
+            torch.testing.assert_close(v, full[:, :, 3:], atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="refs are in the filled ContextCache"):
+            dit(x[:, :, 1:], t[:, 1:], refs=refs, control=control[:, :, 1:], cache=cache)
+
+
+def test_full_layout_lets_the_context_see_the_targets():
+    cfg = micro("tiny", attention_layout="full")
+    dit = _perturbed_dit(cfg)
+    c, h, w = cfg.latent_channels, cfg.latent_height, cfg.latent_width
+    x, refs = torch.randn(1, c, 3, h, w), torch.randn(1, c, 2, h, w)
+    x2 = x.clone()
+    x2[:, :, 1:] += 1.0
+    with torch.no_grad():
+        assert not torch.allclose(dit(x, torch.zeros(1), refs=refs)[:, :, :3], dit(x2, torch.zeros(1), refs=refs)[:, :, :3])
+        with pytest.raises(ValueError, match="needs attention_layout 'context'"):
+            dit(x, torch.zeros(1), refs=refs, cache=ContextCache())
+
+
 def test_bad_inputs_are_named():
     cfg = micro("tiny")
     dit = SpatiaDiT(cfg)

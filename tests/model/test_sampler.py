@@ -23,7 +23,7 @@ class GaussianFlow(nn.Module):
         self.anchor = nn.Parameter(torch.zeros(1))  # the sampler reads device/dtype from the parameters
         self.calls: list[dict] = []
 
-    def forward(self, x, t, refs=None, control=None, text=None, control_scale=None):
+    def forward(self, x, t, refs=None, control=None, text=None, control_scale=None, history_frames=None, cache=None):
         self.calls.append(dict(x=x.clone(), t=t.clone(), refs=refs, control=control, text=text))
         s = t.double()[:, None, :, None, None]  # [B, 1, F, 1, 1]
         std = torch.sqrt((1 - s) ** 2 * self.sd**2 + s**2)
@@ -72,8 +72,9 @@ def test_euler_is_exact_for_a_point_mass():
     torch.testing.assert_close(out, torch.full_like(out, 0.25), atol=1e-5, rtol=0)
 
 
-def test_references_and_history_stay_clean():
-    cfg = micro("tiny")
+@pytest.mark.parametrize("layout", ["full", "context"])
+def test_references_and_history_stay_clean(layout):
+    cfg = micro("tiny", attention_layout=layout)
     dit = SpatiaDiT(cfg).eval()
     seen = []
     dit.register_forward_hook(lambda m, args, kwargs, out: seen.append((args, kwargs)), with_kwargs=True)
@@ -84,11 +85,40 @@ def test_references_and_history_stay_clean():
     out = sample(dit, cfg, history=history, refs=refs, control=control, steps=3, seed=0, guidance=1.0)
     assert out.shape == (1, c, 2, h, w)
     assert len(seen) == 3
-    for args, kwargs in seen:
+    for i, (args, kwargs) in enumerate(seen):
         x, t = args
+        if layout == "context" and i > 0:  # later steps: targets only, the context comes from the filled cache
+            assert x.shape[2] == 2 and kwargs.get("refs") is None and kwargs["cache"].filled
+            assert kwargs["control"].shape[2] == 2 and torch.all(t > 0)
+            continue
         assert torch.equal(x[:, :, :1], history)  # history re-enters clean on every step
         assert torch.equal(kwargs["refs"], refs)
         assert torch.all(t[:, :1] == 0) and torch.all(t[:, 1:] > 0)
+
+
+class _NoCache(torch.nn.Module):
+    """The DiT with the context cache hidden: every step recomputes the context."""
+
+    def __init__(self, dit):
+        super().__init__()
+        self.dit = dit
+
+    def forward(self, *args, cache=None, **kwargs):
+        return self.dit(*args, **kwargs)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_context_cache_gives_the_uncached_result(guidance):
+    cfg = micro("tiny", attention_layout="context")
+    torch.manual_seed(0)
+    dit = SpatiaDiT(cfg).eval()
+    for p in dit.parameters():  # the zero-initialised control projections too, so every path matters
+        p.data += 0.02 * torch.randn_like(p)
+    c, h, w = cfg.latent_channels, cfg.latent_height, cfg.latent_width
+    kw = dict(history=torch.randn(1, c, 1, h, w), refs=torch.randn(1, c, 2, h, w),
+              control=torch.randn(1, 2 * c, 3, h, w), steps=3, seed=0, guidance=guidance)
+    cached, plain = sample(dit, cfg, **kw), sample(_NoCache(dit), cfg, **kw)
+    torch.testing.assert_close(cached, plain, atol=1e-4, rtol=1e-4)
 
 
 def test_guidance_passes_and_drops():

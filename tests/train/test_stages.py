@@ -90,6 +90,10 @@ def test_dit_stage_cache_loss_falls_and_resumes_exactly(world32, tmp_path):
     build_cache(samples, vae, cfg, tmp_path / "cache", every=2, batch_size=4, workers=0, progress=False)
     cached = CachedSamples(tmp_path / "cache", cfg)
     assert len(cached) == len(range(0, len(samples), 2))
+    # the latents serve any transformer on the same VAE and clip layout, not another VAE or layout
+    assert len(CachedSamples(tmp_path / "cache", tiny_test_config(attention_layout="full", num_layers=1)))
+    with pytest.raises(ValueError, match="not a DiT sample cache for this model config"):
+        CachedSamples(tmp_path / "cache", tiny_test_config(chunk_latent_frames=1))
     settings = dict(steps=40, batch_size=4, lr=1e-3, warmup_steps=5, log_every=5, ckpt_every=10)
 
     def trainer(out):

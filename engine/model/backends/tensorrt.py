@@ -69,11 +69,12 @@ class TensorRTDiT(torch.nn.Module):
         super().__init__()
         self.engine, self.eager, self.shapes = engine, eager, shapes
 
-    def forward(self, x, t, refs=None, control=None, text=None, control_scale=None):
+    def forward(self, x, t, refs=None, control=None, text=None, control_scale=None, history_frames=None, cache=None):
         shapes = [None if a is None else list(a.shape) for a in (x, t, refs, control)]
-        if text is None and control_scale is None and shapes == self.shapes:
+        if text is None and control_scale is None and cache is None and shapes == self.shapes:
             return self.engine(x.half(), t, refs.half(), control.half()).to(x.dtype)
-        return self.eager(x, t, refs=refs, control=control, text=text, control_scale=control_scale)
+        return self.eager(x, t, refs=refs, control=control, text=text, control_scale=control_scale,
+                          history_frames=history_frames, cache=cache)
 
 
 def compile_tensorrt(dit: torch.nn.Module, cfg, cache_dir=None, precision: str = "fp16") -> torch.nn.Module:
