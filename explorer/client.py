@@ -289,10 +289,10 @@ class StreamConfig:
     """When trajectory chunks go out."""
 
     chunks_ahead: int = 2  # poses per Trajectory, in server chunks
-    min_interval_s: float = 0.25  # a changed path is sent at most this often
+    min_interval_s: float = 0.25  # a changed path follows an input-driven chunk at most this often
     position_tol_m: float = 0.02  # the path changed if a predicted camera centre moved more than this ...
     angle_tol_deg: float = 1.0  # ... or a predicted view turned more than this
-    stall_s: float = 3.0  # a change waits for the previous chunk's first frame at most this long
+    stall_s: float = 3.0  # a change waits for the previous input-driven chunk's first frame at most this long
     keep_chunks: int = 64  # chunks remembered for latency and frame counting
 
     def __post_init__(self) -> None:
@@ -319,9 +319,10 @@ class PoseStreamer:
     - A chunk holds `chunks_ahead * chunk_frames` poses from `camera.predict` at the server's fps.
     - After an input event, the new prediction is compared with the path the last chunk implied (a copy of the
       camera as it was when sent, advanced to now in closed form); if they differ by more than the tolerances, it
-      is sent (at most every `min_interval_s`, and only once the server has
-      started answering the previous chunk, or `stall_s` passed: a newer chunk makes the server abandon the clip
-      in flight, so sending on every mouse event would starve it).
+      is sent at once, cancelling the clip in flight, unless that clip itself answers an input: then the change
+      waits until it shows its first frame (or `stall_s` passed) and `min_interval_s` since it went out, so
+      continuous mouse motion still gets frames (a newer chunk makes the server abandon the clip in flight, and
+      sending on every mouse event would starve it). At most one unanswered input-driven chunk is in flight.
     - While the camera moves, a new chunk goes out when fewer than `chunk_frames` poses of the current one are
       unanswered (its last clip is being decoded).
     - A resting camera sends nothing once its final path is out: the server idles.
@@ -382,11 +383,10 @@ class PoseStreamer:
             return self._send(camera, n, now, to_server, input_driven=self.input_dirty)
         since = now - cur.t_sent
         if self.input_dirty:
-            if since < c.min_interval_s:
-                return None
-            answered = cur.received > 0 or since >= c.stall_s
-            if not answered:
-                return None
+            if cur.input_driven:  # the clip in flight answers an earlier input: let it show frames first
+                answered = cur.received > 0 or since >= c.stall_s
+                if since < c.min_interval_s or not answered:
+                    return None
             if self._differs(camera, n, now):
                 return self._send(camera, n, now, to_server, input_driven=True)
             self.input_dirty = False

@@ -173,10 +173,20 @@ def test_streamer_sends_on_input_feeds_while_moving_and_rests():
     assert feed is not None and feed.seq == 2 and feed.t_input == 1.2
     cam.key_up("w")
     s.note_input(1.3)
-    assert s.update(cam, 1.3) is None  # the change waits for the feed chunk's first frame ...
-    answer(s, feed, 1)
-    stop = s.update(cam, 1.45)  # ... then goes out: the path now slows to a halt
+    stop = s.update(cam, 1.3)  # a change overtakes a feed chunk at once: the path now slows to a halt
     assert stop is not None and stop.seq == 3 and stop.t_input == 1.3
+    cam.key_down("a")
+    s.note_input(1.35)
+    assert s.update(cam, 1.4) is None  # but waits for an input-driven chunk's first frame ...
+    answer(s, stop, 1)
+    assert s.update(cam, 1.45) is None  # ... and min_interval_s since it went out ...
+    strafe = s.update(cam, 1.55)
+    assert strafe is not None and strafe.seq == 4 and strafe.t_input == 1.35  # ... then goes out
+    cam.key_up("a")
+    s.note_input(1.6)
+    answer(s, strafe, 1)
+    stop = s.update(cam, 1.8)
+    assert stop is not None and stop.seq == 5
     answer(s, stop, 8)
     for _ in range(20):
         cam.update(0.1)
