@@ -116,6 +116,7 @@ class DitLossSettings:
     t_aug_max: int = T_AUG_MAX
     drop_refs: float = 0.1
     drop_scene: float = 0.1
+    short_chunk: float = 0.0  # probability of a batch keeping one target latent (the short first chunk after a turn)
     logit_mean: float = 0.0
     logit_std: float = 1.0
 
@@ -145,6 +146,12 @@ def make_dit_loss(cfg: ModelConfig, vae: nn.Module | None, settings: DitLossSett
             x0, refs, control = encode_batch(vae, batch)
         gens = per_sample_generators(batch["sample_seed"])
         fh = cfg.history_latent_frames
+        # whole-batch choices (the DiT takes one layout per batch), drawn from the first sample's stream
+        u = torch.rand(3, generator=per_sample_generators(batch["sample_seed"][:1] + 1)[0])
+        use_refs = bool(u[0] >= st.drop_refs)
+        use_scene = bool(u[1] >= st.drop_scene)
+        if u[2] < st.short_chunk:  # causal latents: the first target latent alone is a valid shorter clip
+            x0, control = x0[:, :, : fh + 1], control[:, :, : fh + 1]
         hist, target = x0[:, :, :fh], x0[:, :, fh:]
         b = x0.shape[0]
         # per-sample draws from per-sample streams: the same sample gets the same t on any rank
@@ -156,14 +163,11 @@ def make_dit_loss(cfg: ModelConfig, vae: nn.Module | None, settings: DitLossSett
         hist_noise = torch.stack([torch.randn(hist.shape[1:], generator=g) for g in gens]).to(x0)
         hist_aug = apply_history_augmentation(hist, hist_noise, t_aug)
         xt = (1 - t.view(-1, 1, 1, 1, 1)) * target + t.view(-1, 1, 1, 1, 1) * noise
-        # whole-batch drops (the DiT takes refs/control per batch), drawn from the first sample's stream
-        u = torch.rand(2, generator=per_sample_generators(batch["sample_seed"][:1] + 1)[0])
-        use_refs = bool(u[0] >= st.drop_refs)
-        use_scene = bool(u[1] >= st.drop_scene)
         tt = torch.cat([torch.zeros(b, fh, device=x0.device), t[:, None].expand(b, target.shape[2])], 1)  # [B, Fh + Ft]
         v = dit(torch.cat([hist_aug, xt], 2), tt, refs=refs if use_refs else None, control=control if use_scene else None)
         loss = F.mse_loss(v[:, :, -target.shape[2]:].float(), (noise - target).float())  # output covers [refs | hist | target]
-        return loss, {"t_aug": float(t_aug.mean()), "refs_on": float(use_refs), "scene_on": float(use_scene)}
+        return loss, {"t_aug": float(t_aug.mean()), "refs_on": float(use_refs), "scene_on": float(use_scene),
+                      "targets": float(target.shape[2])}
 
     return loss_fn
 

@@ -7,7 +7,7 @@ import torch
 from engine.model.dit import SpatiaDiT
 from engine.model.vae import VideoVAE
 from engine.train.cache import CachedSamples, build_cache
-from engine.train.dit import SampleSettings, SpatiaSamples, apply_history_augmentation, make_dit_loss
+from engine.train.dit import DitLossSettings, SampleSettings, SpatiaSamples, apply_history_augmentation, make_dit_loss
 from engine.train.loop import Trainer, TrainSettings
 from engine.train.vae import VaeClips, make_vae_loss, vae_clip_frames
 from engine.world.dataset import DatasetConfig, build_dataset
@@ -68,6 +68,10 @@ def test_history_augmentation_stays_in_range_and_touches_only_history():
     t_aug = torch.full((4,), 0.05)
     out = apply_history_augmentation(x0[:, :, :fh], torch.zeros_like(x0[:, :, :fh]), t_aug)
     torch.testing.assert_close(out, 0.95 * x0[:, :, :fh])
+    assert logs["targets"] == 2 and seen["x"].shape[2] == 3
+    # short chunks: the batch keeps the history and the first target latent, control cut to match
+    loss, logs = make_dit_loss(cfg, None, DitLossSettings(short_chunk=1.0))(Spy(), batch)
+    assert logs["targets"] == 1 and seen["x"].shape[2] == 2 and torch.isfinite(loss)
 
 
 def test_vae_stage_loss_falls(world32, tmp_path):
