@@ -105,6 +105,7 @@ class StoredFrame:
 @dataclass
 class SessionOptions:
     retrieval: str = "release"  # "release" or "alg1" (engine.memory.retrieval)
+    retrieval_candidates: int | None = 32  # release: only this many stored frames nearest in pose are scored
     num_refs: int | None = None  # None: the model's cfg.num_refs
     use_scene_video: bool = True  # ablation: no scene video (control branch fed nothing)
     use_references: bool = True  # ablation: no reference frames
@@ -145,7 +146,8 @@ class SessionOptions:
         bad = [name for name, good in (
             ("retrieval", self.retrieval in RETRIEVERS), ("num_refs", self.num_refs is None or self.num_refs >= 0),
             ("voxel_size", self.voxel_size > 0), ("point_size_growth", self.point_size_growth >= 0),
-            ("candidate_stride", self.candidate_stride >= 1), ("update_stride", self.update_stride >= 1),
+            ("candidate_stride", self.candidate_stride >= 1),
+            ("retrieval_candidates", self.retrieval_candidates is None or self.retrieval_candidates >= 1), ("update_stride", self.update_stride >= 1),
             ("depth_range", 0 <= near < far), ("max_stored_frames", self.max_stored_frames >= 1),
             ("steps", self.steps is None or self.steps >= 1), ("seed", 0 <= self.seed < 2**63)) if not good]
         if bad:
@@ -184,10 +186,14 @@ FrameCallback = Callable[[int, np.ndarray, np.ndarray | None, np.ndarray, dict],
 
 
 # --------------------------------------------------------------------------------------------- shared with training
-def retrieval_options(method: str, cfg: ModelConfig, k: int) -> dict:
-    """Retrieval settings for one chunk: the release samples target poses, spaced so K references can be found."""
+def retrieval_options(method: str, cfg: ModelConfig, k: int, max_candidates: int | None = None,
+                      frames: int | None = None) -> dict:
+    """Retrieval settings for one chunk of `frames` target poses (default cfg.chunk_frames): the release samples
+    target poses, spaced so K references can be found (and scores at most `max_candidates` stored frames, the
+    nearest in pose)."""
     if method == "release":
-        return {"k": k, "every": max(1, cfg.chunk_frames // max(k, 1))}
+        every = max(1, (cfg.chunk_frames if frames is None else frames) // max(k, 1))
+        return {"k": k, "every": every, "max_candidates": max_candidates}
     return {"k": k}
 
 
@@ -212,8 +218,12 @@ def build_conditions(
     point_size: float | None = None,
     ref_latent_cache: dict[int, torch.Tensor] | None = None,
     timings: dict[str, float] | None = None,
+    history_index: int | None = None,
 ) -> Conditions:
-    """Encode one chunk's conditions. cameras: [history camera, *target cameras] at the model's resolution."""
+    """Encode one chunk's conditions. cameras: [history camera, *target cameras] at the model's resolution.
+
+    ref_latent_cache maps frame index -> that frame's latent encoded alone [z, 1, h, w] (references and history
+    alike): a stored frame is encoded once, whether it returns as a reference or was the history (history_index)."""
     cfg, vae, dev = model.cfg, model.vae, model.device
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
@@ -221,10 +231,16 @@ def build_conditions(
     timings["render"] = (time.perf_counter() - t0) * 1e3
     t0 = time.perf_counter()
     with torch.no_grad():
-        history = vae.encode(video_tensor(history_rgb[None], None if history_depth is None else history_depth[None], cfg).to(dev)).mode()
+        cache = {} if ref_latent_cache is None else ref_latent_cache
+        if history_index is not None and history_index in cache:
+            history = cache[history_index][None]
+        else:
+            history = vae.encode(video_tensor(history_rgb[None], None if history_depth is None else history_depth[None],
+                                              cfg).to(dev)).mode()  # [1, z, 1, h, w]
+            if history_index is not None:
+                cache[history_index] = history[0]
         ref_latents = None
         if refs:
-            cache = {} if ref_latent_cache is None else ref_latent_cache
             missing = [f for f in refs if f.index not in cache]
             if missing:
                 vids = torch.cat([video_tensor(f.rgb[None], None if f.depth is None else f.depth[None], cfg) for f in missing])
@@ -487,20 +503,28 @@ class WorldSession:
         return results
 
     def generate_chunk(self, w2c: np.ndarray, intrinsics: np.ndarray, prompt: str | None = None,
-                       on_frame: FrameCallback | None = None, should_stop: Callable[[], bool] | None = None) -> ChunkResult:
+                       on_frame: FrameCallback | None = None, should_stop: Callable[[], bool] | None = None,
+                       latent_frames: int | None = None) -> ChunkResult:
         """One chunk of `chunk_frames` frames along w2c [<= chunk_frames, 4, 4] (padded with its last pose).
+
+        latent_frames (1 .. cfg.chunk_latent_frames, default all) shortens the chunk to latent_frames *
+        temporal_compression frames: less work before the first frame (the server's short chunk after a turn).
 
         on_frame(index, rgb [H, W, 3], depth [H, W] | None, w2c [4, 4], timings) is called as each frame is decoded.
         should_stop() is polled between sampler steps; True raises ChunkCancelled and leaves the session unchanged.
         """
         w2c, intrinsics = self.check_trajectory(w2c, intrinsics)
-        if len(w2c) > self.chunk_frames:
-            raise PipelineError(f"a chunk takes at most {self.chunk_frames} poses, got {len(w2c)}; use step()")
+        cfg, opt, model = self.cfg, self.options, self.model
+        n_lat = cfg.chunk_latent_frames if latent_frames is None else int(latent_frames)
+        if not 1 <= n_lat <= cfg.chunk_latent_frames:
+            raise PipelineError(f"latent_frames must be in [1, {cfg.chunk_latent_frames}], got {latent_frames}")
+        chunk_frames = n_lat * cfg.temporal_compression
+        if len(w2c) > chunk_frames:
+            raise PipelineError(f"a chunk takes at most {chunk_frames} poses, got {len(w2c)}; use step()")
         if prompt:
             self.prompt = prompt
-        cfg, opt, model = self.cfg, self.options, self.model
         n_new = len(w2c)
-        poses = np.concatenate([w2c, np.repeat(w2c[-1:], self.chunk_frames - n_new, 0)])
+        poses = np.concatenate([w2c, np.repeat(w2c[-1:], chunk_frames - n_new, 0)])
         history = self.last_frame
         targets = [self.camera(p, intrinsics) for p in poses]
         timings: dict[str, float] = {}
@@ -518,7 +542,7 @@ class WorldSession:
                 candidates = [Candidate(f.index, f.camera) for f in self.frames[:-1]]
             if candidates:
                 ref_ids = retrieve(opt.retrieval, targets, candidates, self.memory,
-                                   **retrieval_options(opt.retrieval, cfg, k))
+                                   **retrieval_options(opt.retrieval, cfg, k, opt.retrieval_candidates, chunk_frames))
         by_index = {f.index: f for f in self.frames}
         refs = [by_index[i] for i, _ in ref_ids]
         timings["retrieval"] = (time.perf_counter() - t0) * 1e3
@@ -527,7 +551,7 @@ class WorldSession:
         point_size = opt.voxel_size + opt.point_size_growth * self.clip
         cond = build_conditions(model, self.memory, history.rgb, history.depth, [history.camera, *targets], refs, ref_ids,
                                 use_scene_video=opt.use_scene_video, point_size=point_size,
-                                ref_latent_cache=self._ref_cache, timings=timings)
+                                ref_latent_cache=self._ref_cache, timings=timings, history_index=history.index)
 
         # sampling, cancellable between steps
         def callback(info: StepInfo) -> bool:
@@ -538,7 +562,7 @@ class WorldSession:
         try:
             with torch.no_grad():
                 latents = sample(model.dit, cfg, history=cond.history, refs=cond.refs, control=cond.control,
-                                 target_frames=cfg.chunk_latent_frames, steps=opt.steps, generator=self._generator,
+                                 target_frames=n_lat, steps=opt.steps, generator=self._generator,
                                  callback=callback)
         except SamplingCancelled as e:
             raise ChunkCancelled(str(e)) from e

@@ -170,3 +170,33 @@ def test_an_image_of_another_size_is_cropped_and_resized_with_its_mask(model):
     cam = session.last_frame.camera
     uv, _ = geometry.project(session.memory.xyz.astype(np.float64), cam.w2c, cam.K)
     assert len(uv) > 0 and uv[:, 0].max() < 17  # only the static left half went into the memory
+
+
+def test_short_chunk_and_each_stored_frame_is_encoded_once(model):
+    session = WorldSession(model, SessionOptions(segmentation=None, voxel_size=0.05))
+    rgb, depth, _ = room_rgbd()
+    session.open_rgbd(rgb, depth, np.eye(4), INTR)
+    tc = model.cfg.temporal_compression
+    encoded = []
+    encode = model.vae.encode
+    model.vae.encode = lambda x, *a, **k: (encoded.append(x.shape[0] * x.shape[2]), encode(x, *a, **k))[1]
+    try:
+        short = session.generate_chunk(np.stack([turn(np.eye(4), 2 * (i + 1)) for i in range(tc)]), INTR,
+                                       latent_frames=1)
+        assert short.rgb.shape[0] == tc and session.num_frames == 1 + tc
+        assert encoded == [1]  # the opening frame as history; no references yet
+        encoded.clear()
+        cached = set(session._ref_cache)
+        assert cached == {0}  # the opening frame, encoded as history, waits there to serve as a reference
+        full = session.generate_chunk(np.stack([turn(np.eye(4), 8 + i) for i in range(session.chunk_frames)]), INTR)
+        assert full.rgb.shape[0] == session.chunk_frames
+        # the new history (the short chunk's last frame) is encoded; references already encoded are not again
+        refs = {i for i, _ in full.references}
+        assert refs and encoded[0] == 1 and sum(encoded[1:]) == len(refs - cached)
+        assert short.first_frame + tc - 1 in session._ref_cache
+    finally:
+        model.vae.encode = encode
+    with pytest.raises(PipelineError, match="latent_frames must be in"):
+        session.generate_chunk(np.eye(4)[None], INTR, latent_frames=0)
+    with pytest.raises(PipelineError, match=f"at most {tc} poses"):
+        session.generate_chunk(np.stack([np.eye(4)] * (tc + 1)), INTR, latent_frames=1)

@@ -10,7 +10,9 @@ Two variants, selected by name through `retrieve(method, ...)`:
 - "release", the public code's approximation: target poses subsampled (to `sample_fps` given `fps`, or every
   n-th), z-buffer-visible point sets of the global cloud per camera (the renderer at low resolution), raw
   intersection counts between each target and each candidate, one-to-one assignment by
-  `scipy.optimize.linear_sum_assignment` (maximised), up to K, no threshold and no registration.
+  `scipy.optimize.linear_sum_assignment` (maximised), up to K, no threshold and no registration. With
+  `max_candidates`, only that many candidates nearest to the targets in pose (`nearest_candidates`) are rendered,
+  so a chunk's retrieval cost stays flat as a session stores more frames.
 
 Both return [(frame_id, score)] best first.
 """
@@ -91,6 +93,25 @@ def visible_sets(memory, cameras: Sequence[geometry.Camera], width: int, max_poi
     return out
 
 
+def nearest_candidates(targets: Sequence[geometry.Camera], candidates: Sequence[Candidate], n: int,
+                       turn_m: float = 2.0) -> list[Candidate]:
+    """The n candidates nearest to any target by pose: centre distance (m) + turn_m * (1 - cos(view angle)),
+    in their original order."""
+    if len(candidates) <= n:
+        return list(candidates)
+
+    def centres_and_axes(cams):
+        w2c = np.stack([c.w2c for c in cams])  # [N, 4, 4]
+        R, t = w2c[:, :3, :3], w2c[:, :3, 3]
+        return -np.einsum("nji,nj->ni", R, t), R[:, 2]  # centre c = -R^T t; view axis = third row of R
+
+    tc, ta = centres_and_axes(targets)  # [T, 3] each
+    cc, ca = centres_and_axes([c.camera for c in candidates])  # [C, 3] each
+    dist = np.linalg.norm(cc[:, None] - tc[None], axis=-1) + turn_m * (1 - ca @ ta.T)  # [C, T]
+    keep = np.sort(np.argpartition(dist.min(1), n - 1)[:n])
+    return [candidates[i] for i in keep]
+
+
 # --------------------------------------------------------------------------------------------- release
 @dataclass
 class ReleaseRetrieval:
@@ -102,6 +123,7 @@ class ReleaseRetrieval:
     every: int | None = None  # ...or every n-th pose when set
     vis_width: int = 64  # visibility is judged on renders this wide
     max_points: int | None = 100_000  # even subsample of the memory for visibility (None: all points)
+    max_candidates: int | None = None  # render only this many candidates nearest in pose (None: all)
 
     def target_indices(self, n: int) -> np.ndarray:
         if self.every is not None:
@@ -119,6 +141,10 @@ class ReleaseRetrieval:
         if not candidates:
             return []
         chosen = [targets[i] for i in self.target_indices(len(targets))]
+        if self.max_candidates is not None:
+            if self.max_candidates < 1:
+                raise ValueError(f"release retrieval: max_candidates must be >= 1, got {self.max_candidates}")
+            candidates = nearest_candidates(chosen, candidates, self.max_candidates)
         sets = visible_sets(memory, chosen + [c.camera for c in candidates], self.vis_width, self.max_points)
         n_points = len(_memory_arrays(memory)[0])
         counts = _intersection_counts(sets[:len(chosen)], sets[len(chosen):], n_points)  # [T, C]

@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keys", default=None, help="CURVE key directory from `spatia keys` (required off loopback)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker")
     parser.add_argument("--retrieval", default="release", choices=("release", "alg1"))
+    parser.add_argument("--no-short-chunks", action="store_true",
+                        help="always generate full chunks (default: the first chunk after a turn is one latent "
+                             "frame long, for a faster first frame)")
     parser.add_argument("--log-level", default="INFO")
     # internal: how the broker starts its workers
     parser.add_argument("--worker-of", default=None, help=argparse.SUPPRESS)
@@ -82,7 +85,7 @@ def run_worker(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     server = GenerationServer(model, transport, args.sessions, backend=backend, resume=args.resume,
-                              options=SessionOptions(retrieval=args.retrieval))
+                              options=SessionOptions(retrieval=args.retrieval), short_chunks=not args.no_short_chunks)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -127,6 +130,8 @@ def run_broker(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", args.model, "--backend", args.backend,
                "--sessions", args.sessions, "--worker-of", broker.backend_address, "--worker-name", f"w{i}",
                "--threads", str(threads), "--retrieval", args.retrieval, "--log-level", args.log_level]
+        if args.no_short_chunks:
+            cmd.append("--no-short-chunks")
         if args.resume:
             cmd.append("--resume")
         if args.device:

@@ -3,7 +3,9 @@
 Loop: drain the socket (every message decoded, validated, answered), then generate one chunk for the next session
 with queued poses (round robin). While a chunk is sampled, `pump()` runs between sampler steps, so heartbeats are
 answered, other clients are served, and a newer trajectory that leaves the path in flight cancels the stale chunk at
-the next step. Frames go out as soon as they are decoded; the memory delta and ClipDone after each chunk.
+the next step. The first chunk of such a fresh path (or of a camera moving off from rest) is one latent frame long
+(`short_chunks`), so its first frame comes sooner; the chunks after it are full. Frames go out as soon as they are
+decoded; the memory delta and ClipDone after each chunk.
 
 Durability: a session is autosaved (atomically) before any Ack that changes it is sent, and after clips at most every
 `autosave_interval_s` and whenever its queue runs dry, so nothing acknowledged is lost when the process is killed.
@@ -52,6 +54,7 @@ class Slot:
     dirty: bool = False  # changed since the last autosave
     served: float = 0.0  # when its last chunk started (monotonic): the least recently served goes next
     cancel: bool = False  # set by pump() to stop the chunk in flight
+    fresh: bool = True  # the queued path starts a new motion (a turn, or moving off from rest): short first chunk
 
     @property
     def key(self) -> str:
@@ -76,7 +79,7 @@ def _pose_close(a: np.ndarray, b: np.ndarray) -> bool:
 class GenerationServer:
     def __init__(self, model: WorldModel, transport, sessions_dir: str | Path, backend: str = "eager",
                  options: SessionOptions | None = None, resume: bool = False, autosave_interval_s: float = 2.0,
-                 max_sessions: int = 16, client_timeout_s: float = 30.0):
+                 max_sessions: int = 16, client_timeout_s: float = 30.0, short_chunks: bool = True):
         self.model, self.transport, self.backend = model, transport, backend
         self.options = options or SessionOptions()
         self.sessions_dir = Path(sessions_dir)
@@ -84,6 +87,7 @@ class GenerationServer:
         (self.sessions_dir / "saved").mkdir(parents=True, exist_ok=True)
         self.resume, self.autosave_interval_s = resume, autosave_interval_s
         self.max_sessions, self.client_timeout_s = max_sessions, client_timeout_s
+        self.short_chunks = short_chunks  # a fresh path's first chunk has one latent frame (earlier first frame)
         self.slots: dict[bytes, Slot] = {}
         self.active: Slot | None = None  # the slot whose chunk is being generated
         self._poller = zmq.Poller()
@@ -263,8 +267,11 @@ class GenerationServer:
             return  # stale: an older chunk overtaken by a newer one
         traj = slot.newest.take()
         w2c, intr = session.check_trajectory(traj.w2c, traj.intrinsics)
-        if slot is self.active and self._in_flight is not None:
-            if not any(_pose_close(w2c[0], p) for p in self._in_flight):
+        in_flight = self._in_flight if slot is self.active else None
+        path = in_flight if in_flight is not None else slot.queue  # the poses being, or about to be, generated
+        if not any(_pose_close(w2c[0], p) for p in path):  # a turn, or the first path after a rest
+            slot.fresh = True
+            if in_flight is not None:
                 slot.cancel = True  # the user left the path being generated: stop the stale chunk
         slot.queue, slot.intrinsics, slot.seq, slot.t_input = w2c, intr, traj.seq, traj.t_input
 
@@ -316,8 +323,10 @@ class GenerationServer:
         if slot is None:
             return False
         session = slot.session
-        n = session.chunk_frames
+        latent_frames = 1 if self.short_chunks and slot.fresh else None
+        n = session.cfg.temporal_compression if latent_frames else session.chunk_frames
         poses, slot.queue = slot.queue[:n], slot.queue[n:]
+        slot.fresh = False
         seq, t_input = slot.seq, slot.t_input
         self.active, self._in_flight, slot.cancel = slot, poses, False
         slot.served = time.monotonic()
@@ -333,7 +342,8 @@ class GenerationServer:
             return slot.cancel
 
         try:
-            result = session.generate_chunk(poses, slot.intrinsics, on_frame=on_frame, should_stop=should_stop)
+            result = session.generate_chunk(poses, slot.intrinsics, on_frame=on_frame, should_stop=should_stop,
+                                            latent_frames=latent_frames)
         except ChunkCancelled:
             self.stats["cancelled"] += 1
             return True

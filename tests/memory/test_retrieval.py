@@ -10,7 +10,7 @@ import pytest
 from engine import geometry
 from engine.bench.reconstruct import AnalyticRoom, render_analytic
 from engine.memory import SpatialMemory
-from engine.memory.retrieval import Alg1Retrieval, Candidate, ReleaseRetrieval, retrieve
+from engine.memory.retrieval import Alg1Retrieval, Candidate, ReleaseRetrieval, nearest_candidates, retrieve
 
 S = 48  # frame size in pixels
 EYE = np.array([0.0, 1.5, -2.0])
@@ -60,6 +60,23 @@ def test_release_picks_the_overlapping_frames_one_to_one(room):
     assert twice[0][0] == FRAME_OF["+z"] and len({f for f, _ in twice}) == len(twice)
     assert retrieve("release", targets, cands, mem, k=1)[0][0] in (FRAME_OF["+x"], FRAME_OF["+z"])
     assert len(retrieve("release", targets, cands, mem, k=1)) == 1
+
+
+def test_nearest_candidates_prefilter_by_pose(room):
+    mem, cands = room
+    far = [Candidate(100 + i, view("+z", eye=EYE + [0.0, 0.0, 30.0 + i])) for i in range(5)]  # 30 m away
+    turned = [Candidate(200, view("-z"))]  # here, looking the other way
+    pool = far + cands + turned
+    assert nearest_candidates([view("+z")], pool, 3) == [cands[0], cands[1], cands[2]]  # order kept
+    picked = [c.frame_id for c in nearest_candidates([view("+z")], pool, 1)]
+    assert picked == [FRAME_OF["+z"]]
+    assert nearest_candidates([view("+z")], pool, 100) == pool
+    # the prefilter keeps retrieval's answer when the right frames are among the nearest
+    targets = [view("+z"), view("+x", jitter=0.02)]
+    full = retrieve("release", targets, pool, mem, every=1)
+    assert retrieve("release", targets, pool, mem, every=1, max_candidates=4) == full
+    with pytest.raises(ValueError, match="max_candidates"):
+        retrieve("release", targets, pool, mem, max_candidates=0)
 
 
 def test_release_target_sampling():

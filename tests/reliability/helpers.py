@@ -84,6 +84,14 @@ class RawClient:
             if pred(msg):
                 return got
 
+    def recv_path(self, frames, timeout=60.0):
+        """Messages until `frames` frames have come and the clip that completes them is done (a path from rest
+        arrives as a short first chunk and the rest)."""
+        got = []
+        while sum(m.type == "frame" for m in got) < frames:
+            got += self.recv_until(lambda m: m.type == "clip_done", timeout)
+        return got
+
     def drain(self, quiet_s=1.0):
         """Everything that arrives until the server has been quiet for quiet_s."""
         got = []

@@ -35,7 +35,7 @@ def test_sigkill_mid_clip_then_resume_keeps_everything_acknowledged(tiny_checkpo
         points.update(zip(delta.added_ids.tolist(), delta.added_xyz.tolist()))
 
     c.send(P.Trajectory(seq=1, w2c=forward_poses(start.w2c, n), intrinsics=INTR))
-    msgs = c.recv_until(lambda m: m.type == "clip_done")
+    msgs = c.recv_path(n)
     for m in msgs:
         if m.type == "memory_delta":
             apply(m)
@@ -69,7 +69,7 @@ def test_sigkill_mid_clip_then_resume_keeps_everything_acknowledged(tiny_checkpo
         np.testing.assert_array_equal(resumed.added_ids[order], ids)
         np.testing.assert_array_equal(resumed.added_xyz[order], np.array([points[i] for i in ids], np.float32))
         c.send(P.Trajectory(seq=3, w2c=forward_poses(start.w2c, n, offset=n + 1), intrinsics=INTR))
-        msgs = c.recv_until(lambda m: m.type == "clip_done")
+        msgs = c.recv_path(n)
         frames = [m for m in msgs if m.type == "frame"]
         # the video continues after the last completed clip: the killed clip's frames are generated again
         assert [f.index for f in frames] == list(range(done.first_frame + done.num_frames,
@@ -122,7 +122,7 @@ def test_client_killed_mid_stream_others_served_and_its_generation_stops(tiny_ch
             caps, _, start = open_image_session(other, seed=2)
             # the other explorer keeps being served while the dead one's clips are still queued
             other.send(P.Trajectory(seq=1, w2c=forward_poses(start.w2c, caps.chunk_frames), intrinsics=INTR))
-            msgs = other.recv_until(lambda m: m.type == "clip_done")
+            msgs = other.recv_path(caps.chunk_frames)
             assert [m.index for m in msgs if m.type == "frame"] == list(range(1, caps.chunk_frames + 1))
             # after the timeout (and the chunk in flight then) nothing more is generated for the dead client
             wait_for(lambda: time.monotonic() - t_killed > timeout_s and server.active is not slot, timeout=30)
@@ -186,7 +186,7 @@ def test_full_disk_on_autosave_gives_clear_errors_and_keeps_the_previous_save(ti
         assert "could not save the session" in err.message and "No space left on device" in err.message
         # a clip ends with an autosave (its queue runs dry): the failure is reported, the server keeps serving
         c.send(P.Trajectory(seq=1, w2c=forward_poses(start.w2c, caps.chunk_frames), intrinsics=INTR))
-        msgs = c.recv_until(lambda m: m.type == "clip_done")
+        msgs = c.recv_path(caps.chunk_frames)
         errors = [m for m in msgs if m.type == "error"]
         assert errors and "No space left on device" in errors[0].message
         assert alive()
@@ -273,7 +273,7 @@ def test_corrupt_session_files_are_refused_clearly_and_others_unaffected(tiny_ch
         assert [a.recv().type for _ in range(3)] == ["ack", "memory_delta", "frame"]
         caps, _, start = open_session(v, seed=4)
         v.send(P.Trajectory(seq=1, w2c=forward_poses(start.w2c, caps.chunk_frames), intrinsics=INTR))
-        assert v.recv_until(lambda m: m.type == "clip_done")[-1].num_frames == caps.chunk_frames
+        assert sum(m.type == "frame" for m in v.recv_path(caps.chunk_frames)) == caps.chunk_frames
     finally:
         a.close()
         v.close()

@@ -52,7 +52,9 @@ def test_slow_reader_is_bounded_and_newest_pose_wins(tiny_checkpoint, tmp_path, 
             # the newest pose wins: a new path replaces what is queued (and stops the chunk in flight)
             back = forward_poses(start.w2c, n, step=-0.05)
             slow.send(P.Trajectory(seq=2, w2c=back, intrinsics=INTR))
-            msgs = slow.recv_until(lambda m: m.type == "clip_done" and m.seq == 2, timeout=60.0)
+            msgs = []  # a turn: its short first chunk, then the rest of the path
+            while sum(m.type == "frame" and m.seq == 2 for m in msgs) < n:
+                msgs += slow.recv_until(lambda m: m.type == "clip_done" and m.seq == 2, timeout=60.0)
             got1 = [m for m in msgs if m.type == "frame" and m.seq == 1]
             got2 = [m for m in msgs if m.type == "frame" and m.seq == 2]
             queued = len(slot.queue)
