@@ -2,12 +2,15 @@
 
 `spatia bench model --config tiny --json` measures, on synthetic inputs shaped by the config (num_refs
 references, history and target latent frames, control latents, text when the model has it):
-  - dit_step_ms: one sampler step inside the chunks (1 DiT forward, 2 with classifier-free guidance);
-  - gflops_per_step: FLOPs of one sampler step (torch.utils.flop_counter, attention included);
+  - dit_step_ms: one sampler step inside the chunks (1 DiT forward, 2 with classifier-free guidance; with
+    attention_layout "context" the first step of a chunk also fills the context cache, later ones reuse it);
+  - sample_ms: all sampler steps of a chunk; sample_ms_uncached: the same recomputing the context every step
+    (the reference the context cache is measured against, same run);
+  - gflops_per_step: FLOPs of a chunk's sampling / steps (torch.utils.flop_counter, attention included);
   - chunk_ms: sampling all steps + decoding the clip's latents (history + target, fresh causal state);
     fps = chunk_frames / chunk time; first_frame_ms: chunk start until the first new frame is decoded;
   - control_encode_ms: encoding the scene video + coverage mask of one clip (the conditioning cost per chunk);
-  - peak_gflops: a large fp32 matmul in the same run; achieved_gflops: DiT FLOPs / DiT time.
+  - peak_gflops: a large fp32 matmul in the same run; achieved_gflops: sampling FLOPs / sampling time.
 On a CPU shared with other processes run it as `OMP_WAIT_POLICY=PASSIVE spatia bench model ...`: spinning OpenMP
 threads otherwise stall each other whenever one is descheduled (10x slower steps on a busy 2-core machine).
 """
@@ -82,14 +85,15 @@ def run(args: argparse.Namespace) -> dict:
     history = rand(1, c, fh, h, w) if fh else None
     control = rand(1, cfg.control_in_channels, fh + ft, h, w)
     text = rand(1, cfg.text_len, cfg.text_dim) if cfg.text_dim is not None else None
-    x = rand(1, c, fh + ft, h, w)
-    t = torch.zeros(1, fh + ft, device=device)
-    t[:, fh:] = 0.5
     passes = 1 if cfg.cfg_scale == 1.0 else 2
 
     with torch.no_grad():
-        forward = lambda: dit(x, t, refs=refs, control=control, text=text)  # noqa: E731
-        flops_forward = count_flops(forward)
+        def sampling(cached: bool = True, step_times: list | None = None):
+            return sample(dit, cfg, history=history, refs=refs, control=control, text=text, steps=steps,
+                          solver=args.solver, generator=torch.Generator().manual_seed(1), context_cache=cached,
+                          callback=None if step_times is None else lambda info: step_times.append(info.step_ms))
+
+        flops_sample = count_flops(sampling)
         z = rand(1, c, fh + ft, h, w)
         clip_frames = cfg.latent_to_video_frames(fh + ft)
         scene = torch.rand(1, cfg.video_channels, clip_frames, cfg.height, cfg.width, generator=g).to(device, dtype)
@@ -99,9 +103,7 @@ def run(args: argparse.Namespace) -> dict:
             """One chunk: sample all steps, then stream-decode history + target. -> (total ms, first-frame ms)."""
             synchronize()
             t0 = time.perf_counter()
-            target = sample(dit, cfg, history=history, refs=refs, control=control, text=text, steps=steps,
-                            solver=args.solver, generator=torch.Generator().manual_seed(1),
-                            callback=lambda info: step_times.append(info.step_ms))  # fmt: skip
+            target = sampling(True, step_times)
             latents = target if history is None else torch.cat([history, target], dim=2)
             cache = vae.new_decode_cache()
             first_ms = None
@@ -126,8 +128,13 @@ def run(args: argparse.Namespace) -> dict:
             chunk([])
             vae.decode(z)
         chunk_times, first_times, step_times, decode_times, encode_times = [], [], [], [], []
+        sample_times, uncached_times = [], []
         for _ in range(args.repeat):
-            total, first = chunk(step_times)
+            steps_now: list[float] = []
+            total, first = chunk(steps_now)
+            step_times += steps_now
+            sample_times.append(sum(steps_now))
+            uncached_times.append(timed(lambda: sampling(False)))
             chunk_times.append(total)
             first_times.append(first)
             decode_times.append(timed(lambda: vae.decode(z)))
@@ -137,8 +144,9 @@ def run(args: argparse.Namespace) -> dict:
     peak = matmul_peak_gflops(args.peak_size)
     step_ms = statistics.median(step_times)  # one sampler step: `passes` DiT forwards + the solver update
     decode_ms = statistics.median(decode_times)
-    gflops_per_step = flops_forward * passes / 1e9
-    achieved = gflops_per_step / (step_ms / 1e3)
+    sample_ms = statistics.median(sample_times)
+    gflops_per_step = flops_sample / steps / 1e9
+    achieved = flops_sample / 1e9 / (sample_ms / 1e3)
     return {
         "benchmark": "model",
         "config": cfg.name,
@@ -152,7 +160,10 @@ def run(args: argparse.Namespace) -> dict:
         "solver": args.solver or cfg.sample_solver,
         "forwards_per_step": passes,
         "gflops_per_step": round(gflops_per_step, 3),
+        "attention_layout": cfg.attention_layout,
         "dit_step_ms": round(step_ms, 2),
+        "sample_ms": round(sample_ms, 2),
+        "sample_ms_uncached": round(statistics.median(uncached_times), 2),
         "vae_decode_ms_per_frame": round(decode_ms / clip_frames, 3),
         "control_encode_ms": round(statistics.median(encode_times), 2),
         "chunk_frames": cfg.chunk_frames,

@@ -110,11 +110,13 @@ def sample(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     callback: Callable[[StepInfo], object] | None = None,
+    context_cache: bool = True,
 ) -> torch.Tensor:
     """Denoise one chunk. Unset options take the config's defaults (sample_steps, sample_solver, ...).
 
     target_frames defaults to control's frames minus history's, else cfg.chunk_latent_frames. Noise is drawn on the
-    CPU from `generator` (or `seed`), so a seed gives the same chunk on any device."""
+    CPU from `generator` (or `seed`), so a seed gives the same chunk on any device. context_cache=False recomputes
+    the context on every step (the reference the cache is measured against; same result)."""
     steps = cfg.sample_steps if steps is None else steps
     solver = cfg.sample_solver if solver is None else solver
     shift = cfg.sample_shift if shift is None else shift
@@ -153,7 +155,8 @@ def sample(
 
     # attention_layout "context": the first step fills one cache per conditioning with the context's keys/values,
     # later steps run the target tokens alone
-    caches = [ContextCache(), ContextCache()] if cfg.attention_layout == "context" else [None, None]
+    use_cache = context_cache and cfg.attention_layout == "context"
+    caches = [ContextCache(), ContextCache()] if use_cache else [None, None]
     control_target = None if control is None else control[:, :, fh:]
 
     def run(xt: torch.Tensor, sigma: float, refs_, text_, cache: ContextCache | None) -> torch.Tensor:

@@ -31,10 +31,11 @@ def test_report_fields_and_consistency():
     out = bench.run(_args(config="tiny", steps=1, repeat=1, warmup=0, peak_size=256))
     for key in ("params_dit", "params_vae", "gflops_per_step", "dit_step_ms", "vae_decode_ms_per_frame",
                 "chunk_frames", "chunk_ms", "fps", "first_frame_ms", "peak_gflops", "achieved_gflops",
-                "control_encode_ms", "machine"):  # fmt: skip
+                "control_encode_ms", "sample_ms", "sample_ms_uncached", "machine"):  # fmt: skip
         assert key in out, key
     assert out["chunk_frames"] == 8 and out["tokens"] == (3 + 1 + 2) * 64 and out["steps"] == 1
     assert out["fps"] == pytest.approx(out["chunk_frames"] / (out["chunk_ms"] / 1e3), rel=0.01)
     assert 0 < out["first_frame_ms"] <= out["chunk_ms"]
     assert out["gflops_per_step"] > 5.0  # ~7 GFLOP: 9 blocks over 384 tokens plus attention
     assert out["machine"]["torch_threads"] >= 1
+    assert out["attention_layout"] == "context" and out["sample_ms"] > 0 and out["sample_ms_uncached"] > 0
