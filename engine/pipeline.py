@@ -105,7 +105,7 @@ class StoredFrame:
 @dataclass
 class SessionOptions:
     retrieval: str = "release"  # "release" or "alg1" (engine.memory.retrieval)
-    retrieval_candidates: int | None = 32  # release: only this many stored frames nearest in pose are scored
+    retrieval_candidates: int | None = 12  # release: only this many stored frames nearest in pose are scored
     num_refs: int | None = None  # None: the model's cfg.num_refs
     use_scene_video: bool = True  # ablation: no scene video (control branch fed nothing)
     use_references: bool = True  # ablation: no reference frames

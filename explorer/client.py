@@ -457,10 +457,11 @@ class LocalServer:
     address: str = field(default_factory=free_tcp_address)
     process: subprocess.Popen | None = None
     starts: int = 0
+    env: dict[str, str] | None = None  # the child's environment (None: this process's)
 
     @classmethod
     def spatia_serve(cls, model: str, sessions_dir: str | Path, log_path: str | Path,
-                     extra_args: Sequence[str] = ()) -> "LocalServer":
+                     extra_args: Sequence[str] = (), env: dict[str, str] | None = None) -> "LocalServer":
         sessions = str(sessions_dir)
 
         def argv(address: str, resume: bool) -> list[str]:
@@ -468,13 +469,13 @@ class LocalServer:
                    "--sessions", sessions, *extra_args]
             return cmd + (["--resume"] if resume else [])
 
-        return cls(argv, Path(log_path))
+        return cls(argv, Path(log_path), env=env)
 
     def start(self, resume: bool = False) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(list(self.argv(self.address, resume)), stdin=subprocess.DEVNULL,
-                                            stdout=log, stderr=subprocess.STDOUT)
+                                            stdout=log, stderr=subprocess.STDOUT, env=self.env)
         self.starts += 1
 
     def poll(self) -> int | None:

@@ -80,6 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a model/backend whose first chunk takes longer is reported as skipped")
     parser.add_argument("--start-timeout-s", type=float, default=180.0, help="server start-up limit (s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the server (default: its own)")
+    parser.add_argument("--server-wait-policy", choices=("spin", "passive"), default="spin",
+                        help="OpenMP wait policy of the server: spin (OpenMP's default, a server that owns its cores) "
+                             "or passive (as when the explorer's viewer shares them)")
     parser.add_argument("--walk", type=Path, default=None, help="walk script (explorer script JSON; default built in)")
     parser.add_argument("--seed", type=int, default=0, help="procedural scene of the first explorer (+i for the i-th)")
     parser.add_argument("--out", type=Path, default=Path("out/bench-e2e"), help="folder for JSON and PNGs")
@@ -105,13 +108,17 @@ class ServerChild:
     """`spatia serve` as a child process on a free loopback port (explorer.client.LocalServer), stopped on exit."""
 
     def __init__(self, model: str, workdir: Path, backend: str = "eager", threads: int | None = None,
-                 extra: tuple[str, ...] = ()):
+                 extra: tuple[str, ...] = (), wait_policy: str = "spin"):
         from explorer.client import LocalServer
 
         args = ["--backend", backend, "--log-level", "WARNING", *extra]
         if threads:
             args += ["--threads", str(threads)]
-        self.local = LocalServer.spatia_serve(model, workdir / "sessions", workdir / f"server-{backend}.log", args)
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}  # spin: OpenMP's default
+        if wait_policy == "passive":
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+        self.local = LocalServer.spatia_serve(model, workdir / "sessions", workdir / f"server-{backend}.log", args,
+                                              env=env)
 
     @property
     def address(self) -> str:
@@ -639,7 +646,8 @@ def run(args: argparse.Namespace) -> dict:
     result = {
         "machine": machine_info(),
         "load_average_1m": os.getloadavg()[0],
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),  # of this (client) process
+        "server_wait_policy": args.server_wait_policy,
         "walk": "default (forward, turn, stop, turn back, walk back)" if args.walk is None else str(args.walk),
         "goals": GOALS,
         "runs": runs,
@@ -667,7 +675,7 @@ def run(args: argparse.Namespace) -> dict:
 def _runs_on_one_server(spec: ModelSpec, backend: str, base: dict, clients_list: list[int], walk, args,
                         workdir: Path) -> list[dict]:
     runs = []
-    server = ServerChild(spec.path, workdir, backend, args.threads)
+    server = ServerChild(spec.path, workdir, backend, args.threads, wait_policy=args.server_wait_policy)
     with server:
         for i, m in enumerate(clients_list):
             try:

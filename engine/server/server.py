@@ -268,7 +268,9 @@ class GenerationServer:
         traj = slot.newest.take()
         w2c, intr = session.check_trajectory(traj.w2c, traj.intrinsics)
         in_flight = self._in_flight if slot is self.active else None
-        path = in_flight if in_flight is not None else slot.queue  # the poses being, or about to be, generated
+        # the rest of the old path: the poses being, and still to be, generated. A new path that starts on it
+        # continues it (the client keeps a moving camera fed; when generation lags, it starts further along).
+        path = slot.queue if in_flight is None else np.concatenate([in_flight, slot.queue])
         if not any(_pose_close(w2c[0], p) for p in path):  # a turn, or the first path after a rest
             slot.fresh = True
             if in_flight is not None:
