@@ -193,7 +193,9 @@ def retrieval_options(method: str, cfg: ModelConfig, k: int, max_candidates: int
     nearest in pose)."""
     if method == "release":
         every = max(1, (cfg.chunk_frames if frames is None else frames) // max(k, 1))
-        return {"k": k, "every": every, "max_candidates": max_candidates}
+        # visibility on 64-pixel renders: a 30k-point subsample of the memory picks the same frames as 100k in
+        # a third of the time (measured on a 170k-point session)
+        return {"k": k, "every": every, "max_candidates": max_candidates, "max_points": 30_000}
     return {"k": k}
 
 
