@@ -146,8 +146,8 @@ class SessionOptions:
         bad = [name for name, good in (
             ("retrieval", self.retrieval in RETRIEVERS), ("num_refs", self.num_refs is None or self.num_refs >= 0),
             ("voxel_size", self.voxel_size > 0), ("point_size_growth", self.point_size_growth >= 0),
-            ("candidate_stride", self.candidate_stride >= 1),
-            ("retrieval_candidates", self.retrieval_candidates is None or self.retrieval_candidates >= 1), ("update_stride", self.update_stride >= 1),
+            ("candidate_stride", self.candidate_stride >= 1), ("update_stride", self.update_stride >= 1),
+            ("retrieval_candidates", self.retrieval_candidates is None or self.retrieval_candidates >= 1),
             ("depth_range", 0 <= near < far), ("max_stored_frames", self.max_stored_frames >= 1),
             ("steps", self.steps is None or self.steps >= 1), ("seed", 0 <= self.seed < 2**63)) if not good]
         if bad:

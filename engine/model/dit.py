@@ -6,7 +6,7 @@ Data flow of one forward (B batch, C latent channels, K references, F = history 
   [B, (K+F)*gh*gw, D]; 3D RoPE positions (t, h, w): video frame j at t = j, reference i at t = -K + i with its rows
   shifted by gh (so reference tokens never share a position with the video grid); adaLN modulation from per-frame
   timesteps (references and history are clean: t = 0); full bidirectional self-attention (or, with
-attention_layout "context", context tokens attending only to the context, cacheable across steps); optional text
+  attention_layout "context", context tokens attending only to the context, cacheable across steps); optional text
   cross-attention; the control branch: control tokens (patchified scene latents ++ mask latents, 2C channels, for
   the F video frames; zeros at reference frames) go through `len(control_layers)` blocks, block 0 adding a
   projection of them to the main hidden state, and each block's zero-initialised output projection is added to the

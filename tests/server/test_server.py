@@ -102,6 +102,28 @@ def test_newer_trajectory_cancels_a_stale_chunk(tiny_checkpoint, tmp_path, ctx):
         server.stop()
 
 
+def test_a_path_that_continues_the_one_in_flight_does_not_cancel_it(tiny_checkpoint, tmp_path, ctx):
+    server = ServerProc(tiny_checkpoint, tmp_path / "sessions", tmp_path / "server.log")
+    c = RawClient(ctx, server.address)
+    try:
+        caps, _, start = open_session(c)
+        n = caps.chunk_frames
+        walk = forward_poses(start.w2c, 4 * n)
+        c.send(P.Trajectory(seq=1, w2c=walk, intrinsics=INTR))
+        first = c.recv_until(lambda m: m.type == "frame")[-1]  # the short first chunk of a path from rest streams
+        # the camera moved on along the same path (generation lags): the new path starts further along the old one
+        c.send(P.Trajectory(seq=2, w2c=walk[2 * n:], intrinsics=INTR))
+        msgs = [first] + c.recv_path(n + n // 2)  # the rest of the short chunk, then a full chunk of seq 2
+        frames = [m for m in msgs if m.type == "frame"]
+        done = [m for m in msgs if m.type == "clip_done"]
+        assert [d.num_frames for d in done[:2]] == [n // 2, n]  # nothing cancelled, no second short chunk
+        assert [f.seq for f in frames[: n // 2]] == [1] * (n // 2) and all(f.seq == 2 for f in frames[n // 2:])
+        np.testing.assert_allclose(frames[n // 2].w2c, walk[2 * n])  # it jumped ahead to the new start
+    finally:
+        c.close()
+        server.stop()
+
+
 def test_sigkill_and_resume_loses_nothing_acknowledged(tiny_checkpoint, tmp_path, ctx):
     sessions = tmp_path / "sessions"
     server = ServerProc(tiny_checkpoint, sessions, tmp_path / "server.log")
