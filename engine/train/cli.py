@@ -139,10 +139,8 @@ def run(args: argparse.Namespace) -> int:
         if conf.get("export") and state.step >= settings.steps:
             import shutil
 
-            dest = Path(conf["export"])
-            if dest.exists():
-                shutil.rmtree(dest)
-            shutil.copytree(out / "export", dest)
+            dest = Path(conf["export"])  # the weights and config are replaced; a model card or eval beside them stays
+            shutil.copytree(out / "export", dest, dirs_exist_ok=True)
             shutil.copy(out / "loss.png", dest / f"loss-{conf['stage']}.png")
         print(json.dumps(log))
     if dist.is_initialized():

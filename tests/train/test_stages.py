@@ -114,3 +114,25 @@ def test_dit_stage_cache_loss_falls_and_resumes_exactly(world32, tmp_path):
     b.run(progress=False)
     for (k, v), w in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         torch.testing.assert_close(v, w, rtol=0, atol=0, msg=k)
+
+
+def test_train_command_exports_beside_a_model_card(world32, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # what `spatia` sets; restored for the other tests
+
+    from engine.cli import main
+    from engine.model.checkpoint import load_checkpoint
+
+    dest = tmp_path / "model"
+    dest.mkdir()
+    (dest / "MODEL_CARD.md").write_text("card")
+    small = dict(height=32, width=32, vae_dim=8, vae_dec_dim=8, latent_channels=8)
+    conf = {"stage": "vae", "model": "tiny", "data": str(world32), "out": str(tmp_path / "run"),
+            "export": str(dest), "clip_latent_frames": 1, "overrides": small,
+            "settings": {"steps": 2, "batch_size": 2, "warmup_steps": 1, "ckpt_every": 2, "log_every": 1}}
+    (tmp_path / "vae.json").write_text(json.dumps(conf))
+    assert main(["train", "--config", str(tmp_path / "vae.json"), "--quiet", "--threads", "1"]) == 0
+    assert (dest / "MODEL_CARD.md").read_text() == "card"  # the export replaces weights, not the folder
+    assert load_checkpoint(dest, parts=("vae",)).cfg.latent_channels == 8
+    assert (dest / "loss-vae.png").is_file()
