@@ -25,7 +25,7 @@ class ServerProc:
 
     def __init__(self, checkpoint, sessions, log_path, extra=(), address=None):
         self.address = address or free_tcp_address()
-        self.log_path = Path(log_path)
+        self.checkpoint, self.sessions, self.log_path = checkpoint, sessions, Path(log_path)
         cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", str(checkpoint), "--bind", self.address,
                "--sessions", str(sessions), "--backend", "eager", "--threads", "1", "--log-level", "WARNING", *extra]
         with open(self.log_path, "ab") as log:
@@ -50,6 +50,12 @@ class ServerProc:
             self.proc.send_signal(sig)
             self.proc.wait(30)
         self.proc.stdout.close()
+
+    def __enter__(self) -> "ServerProc":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 class RawClient:
@@ -102,6 +108,31 @@ class RawClient:
 
     def close(self):
         self.sock.close(0)
+
+    def __enter__(self) -> "RawClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def kill_and_resume(server, client, ctx, identity, have_version):
+    """SIGKILL `server`, start it again with --resume on the same sessions, reconnect as `identity` and resync.
+    -> (server, client, the full memory delta it sent), that delta checked to be the state at `have_version`."""
+    server.stop(signal.SIGKILL)
+    client.close()
+    assert server.proc.returncode == -signal.SIGKILL
+    server = ServerProc(server.checkpoint, server.sessions, server.log_path, extra=["--resume"])
+    client = RawClient(ctx, server.address, identity)
+    try:
+        client.send(P.Resync(have_version=have_version))
+        full = client.recv()
+        assert full.type == "memory_delta" and full.full and full.version_to == have_version
+    except BaseException:
+        client.close()
+        server.stop()
+        raise
+    return server, client, full
 
 
 def open_session(client, seed=1):

@@ -3,7 +3,6 @@ autosave, corrupt session files. Each fault must leave the server serving and no
 
 import errno
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -16,8 +15,8 @@ import pytest
 from engine.pipeline import WorldModel, WorldSession
 from engine.server import protocol as P
 
-from .helpers import (INTR, RawClient, ServerProc, forward_poses, inproc_server, kill, open_image_session, open_session,
-                      wait_for)
+from .helpers import (INTR, RawClient, ServerProc, forward_poses, inproc_server, kill, kill_and_resume,
+                      open_image_session, open_session, wait_for)
 
 
 def test_sigkill_mid_clip_then_resume_keeps_everything_acknowledged(tiny_checkpoint, tmp_path, ctx):
@@ -52,18 +51,10 @@ def test_sigkill_mid_clip_then_resume_keeps_everything_acknowledged(tiny_checkpo
     c.send(P.Trajectory(seq=2, w2c=forward_poses(start.w2c, 6 * n, offset=n + 1), intrinsics=INTR))
     first = c.recv_until(lambda m: m.type == "frame")[-1]
     assert first.seq == 2
-    server.stop(signal.SIGKILL)
-    c.close()
-    assert server.proc.returncode == -signal.SIGKILL
-
-    server = ServerProc(tiny_checkpoint, sessions, tmp_path / "server.log", extra=["--resume"])
-    c = RawClient(ctx, server.address, identity)
-    try:
-        c.send(P.Resync(have_version=acked_version))
-        resumed = c.recv()
-        # the state the client had acknowledged: the edit's version, point for point (the killed clip is gone,
-        # its memory update never happened; it started less than the autosave interval after the edit's save)
-        assert resumed.type == "memory_delta" and resumed.full and resumed.version_to == acked_version
+    # back at the state the client had acknowledged: the edit's version, point for point (the killed clip is gone,
+    # its memory update never happened; it started less than the autosave interval after the edit's save)
+    server, c, resumed = kill_and_resume(server, c, ctx, identity, acked_version)
+    with server, c:
         order = np.argsort(resumed.added_ids)
         ids = sorted(points)
         np.testing.assert_array_equal(resumed.added_ids[order], ids)
@@ -75,9 +66,6 @@ def test_sigkill_mid_clip_then_resume_keeps_everything_acknowledged(tiny_checkpo
         assert [f.index for f in frames] == list(range(done.first_frame + done.num_frames,
                                                        done.first_frame + done.num_frames + n))
         assert msgs[-1].memory_version > acked_version
-    finally:
-        c.close()
-        server.stop()
 
 
 DEAD_CLIENT = textwrap.dedent("""

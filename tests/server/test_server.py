@@ -1,14 +1,13 @@
 """The real server process: handshake, sessions, streaming, cancel-on-newer, SIGKILL + resume, broker, bad input."""
 
 import os
-import signal
 
 import numpy as np
 import pytest
 import zmq
 
 from engine.server import protocol as P
-from tests.reliability.helpers import INTR, RawClient, ServerProc, forward_poses
+from tests.reliability.helpers import INTR, RawClient, ServerProc, forward_poses, kill_and_resume
 
 
 def clip_done(msg) -> bool:
@@ -36,9 +35,8 @@ def ctx():
 
 
 def test_stream_two_clients_and_edits(tiny_checkpoint, tmp_path, ctx):
-    server = ServerProc(tiny_checkpoint, tmp_path / "sessions", tmp_path / "server.log")
-    a, b = RawClient(ctx, server.address), RawClient(ctx, server.address)
-    try:
+    with ServerProc(tiny_checkpoint, tmp_path / "sessions", tmp_path / "server.log") as server, \
+            RawClient(ctx, server.address) as a, RawClient(ctx, server.address) as b:
         caps, full_a, start_a = open_session(a, seed=1)
         _, full_b, start_b = open_session(b, seed=2)
         assert not np.array_equal(start_a.rgb, start_b.rgb)  # separate sessions, separate scenes
@@ -67,16 +65,11 @@ def test_stream_two_clients_and_edits(tiny_checkpoint, tmp_path, ctx):
         a.send(P.EditUndo(edit_id=8))
         ack, delta = a.recv(), a.recv()
         assert ack.ref_id == 8 and len(delta.added_ids) == len(np.unique(delta.added_ids)) > 0
-    finally:
-        a.close()
-        b.close()
-        server.stop()
 
 
 def test_newer_trajectory_cancels_a_stale_chunk(tiny_checkpoint, tmp_path, ctx):
-    server = ServerProc(tiny_checkpoint, tmp_path / "sessions", tmp_path / "server.log")
-    c = RawClient(ctx, server.address)
-    try:
+    with ServerProc(tiny_checkpoint, tmp_path / "sessions", tmp_path / "server.log") as server, \
+            RawClient(ctx, server.address) as c:
         caps, _, start = open_session(c)
         n = caps.chunk_frames
         c.send(P.Trajectory(seq=1, w2c=forward_poses(start.w2c, 4 * n), intrinsics=INTR))
@@ -97,15 +90,11 @@ def test_newer_trajectory_cancels_a_stale_chunk(tiny_checkpoint, tmp_path, ctx):
             while True:
                 m = c.recv(timeout=2.0)
                 assert m.type != "frame" or m.seq == 2
-    finally:
-        c.close()
-        server.stop()
 
 
 def test_a_path_that_continues_the_one_in_flight_does_not_cancel_it(tiny_checkpoint, tmp_path, ctx):
-    server = ServerProc(tiny_checkpoint, tmp_path / "sessions", tmp_path / "server.log")
-    c = RawClient(ctx, server.address)
-    try:
+    with ServerProc(tiny_checkpoint, tmp_path / "sessions", tmp_path / "server.log") as server, \
+            RawClient(ctx, server.address) as c:
         caps, _, start = open_session(c)
         n = caps.chunk_frames
         walk = forward_poses(start.w2c, 4 * n)
@@ -119,9 +108,6 @@ def test_a_path_that_continues_the_one_in_flight_does_not_cancel_it(tiny_checkpo
         assert [d.num_frames for d in done[:2]] == [n // 2, n]  # nothing cancelled, no second short chunk
         assert [f.seq for f in frames[: n // 2]] == [1] * (n // 2) and all(f.seq == 2 for f in frames[n // 2:])
         np.testing.assert_allclose(frames[n // 2].w2c, walk[2 * n])  # it jumped ahead to the new start
-    finally:
-        c.close()
-        server.stop()
 
 
 def test_sigkill_and_resume_loses_nothing_acknowledged(tiny_checkpoint, tmp_path, ctx):
@@ -137,27 +123,16 @@ def test_sigkill_and_resume_loses_nothing_acknowledged(tiny_checkpoint, tmp_path
     ack = c.recv()
     assert ack.type == "ack"
     version = c.recv().version_to
-    server.stop(signal.SIGKILL)
-    c.close()
-
-    server = ServerProc(tiny_checkpoint, sessions, tmp_path / "server.log", extra=["--resume"])
-    c = RawClient(ctx, server.address, identity)
-    try:
-        c.send(P.Resync(have_version=version))
-        full = c.recv()
-        assert full.type == "memory_delta" and full.full and full.version_to == version
+    server, c, _ = kill_and_resume(server, c, ctx, identity, version)
+    with server, c:
         c.send(P.Trajectory(seq=2, w2c=forward_poses(start.w2c, n, offset=n + 1), intrinsics=INTR))
         frames = [m for m in c.recv_until(clip_done) if m.type == "frame"]
         assert frames[0].index == done.first_frame + done.num_frames  # the video continues where it was
-    finally:
-        c.close()
-        server.stop()
 
 
 def test_bad_input_gets_errors_and_server_keeps_serving(tiny_checkpoint, tmp_path, ctx):
-    server = ServerProc(tiny_checkpoint, tmp_path / "sessions", tmp_path / "server.log")
-    c = RawClient(ctx, server.address)
-    try:
+    with ServerProc(tiny_checkpoint, tmp_path / "sessions", tmp_path / "server.log") as server, \
+            RawClient(ctx, server.address) as c:
         c.sock.send_multipart([b"\x93garbage"])
         assert c.recv().code == P.ErrorCode.MALFORMED
         c.send(P.Trajectory(seq=1, w2c=forward_poses(np.eye(4), 2), intrinsics=INTR))
@@ -181,9 +156,6 @@ def test_bad_input_gets_errors_and_server_keeps_serving(tiny_checkpoint, tmp_pat
             assert c.recv().type == "error"
         c.send(P.Heartbeat(t=1.0, seq=3))
         assert c.recv().type == "heartbeat"
-    finally:
-        c.close()
-        server.stop()
 
 
 def test_broker_with_two_workers(tiny_checkpoint, tmp_path, ctx):
