@@ -513,7 +513,8 @@ class WorldSession:
         temporal_compression frames: less work before the first frame (the server's short chunk after a turn).
 
         on_frame(index, rgb [H, W, 3], depth [H, W] | None, w2c [4, 4], timings) is called as each frame is decoded.
-        should_stop() is polled between sampler steps; True raises ChunkCancelled and leaves the session unchanged.
+        should_stop() is polled after retrieval, after the conditions and between sampler steps (everything before
+        the first frame); True raises ChunkCancelled and leaves the session unchanged.
         """
         w2c, intrinsics = self.check_trajectory(w2c, intrinsics)
         cfg, opt, model = self.cfg, self.options, self.model
@@ -532,6 +533,10 @@ class WorldSession:
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
 
+        def stop_if_asked(after: str) -> None:
+            if should_stop is not None and should_stop():
+                raise ChunkCancelled(f"chunk cancelled after {after}")
+
         # retrieval
         t0 = time.perf_counter()
         k = cfg.num_refs if opt.num_refs is None else min(opt.num_refs, cfg.num_refs)
@@ -548,12 +553,14 @@ class WorldSession:
         by_index = {f.index: f for f in self.frames}
         refs = [by_index[i] for i, _ in ref_ids]
         timings["retrieval"] = (time.perf_counter() - t0) * 1e3
+        stop_if_asked("retrieval")
 
         # conditions: scene video, coverage, latents
         point_size = opt.voxel_size + opt.point_size_growth * self.clip
         cond = build_conditions(model, self.memory, history.rgb, history.depth, [history.camera, *targets], refs, ref_ids,
                                 use_scene_video=opt.use_scene_video, point_size=point_size,
                                 ref_latent_cache=self._ref_cache, timings=timings, history_index=history.index)
+        stop_if_asked("conditions")
 
         # sampling, cancellable between steps
         def callback(info: StepInfo) -> bool:

@@ -93,9 +93,17 @@ def test_cancel_leaves_the_session_unchanged(model):
     rgb, depth, _ = room_rgbd()
     session.open_rgbd(rgb, depth, np.eye(4), INTR)
     version, frames = session.memory.version, session.num_frames
-    with pytest.raises(ChunkCancelled):
-        session.generate_chunk(np.eye(4)[None], INTR, should_stop=lambda: True)
-    assert (session.memory.version, session.num_frames) == (version, frames)
+    # polled after retrieval, after the conditions, then after every sampler step: each point stops the chunk
+    for polls, where in ((1, "after retrieval"), (2, "after conditions"), (3, "after step 1")):
+        asked = []
+
+        def should_stop():
+            asked.append(1)
+            return len(asked) >= polls
+
+        with pytest.raises(ChunkCancelled, match=where):
+            session.generate_chunk(np.eye(4)[None], INTR, should_stop=should_stop)
+        assert (session.memory.version, session.num_frames) == (version, frames)
 
 
 @pytest.mark.parametrize(

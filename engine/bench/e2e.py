@@ -484,6 +484,9 @@ def summarize(clients: list[WalkClient], seconds: float) -> dict:
         "clips": len(clips),
         "frames": sum(c.rec.frames for c in clients),
         "latency_samples": len(lat),
+        # every sample's parts (they add up to its latency), so a slow one can be told apart from a slow median
+        "first_frame_samples_ms": [{"latency": round(s.latency_ms, 1), **{k: round(v, 1) for k, v in b.items()}}
+                                   for s in lat if (b := s.breakdown()) is not None],
         "errors": [e for c in clients for e in c.rec.errors][:20],
     }
     out["_samples"] = {"latency_ms": [s.latency_ms for s in lat], "breakdowns": breakdowns, "stages": stages}

@@ -32,10 +32,14 @@ from engine.server import protocol as P
 
 log = logging.getLogger("spatia.server")
 
-# A newer trajectory continues the chunk in flight (no cancel) when its first pose is this close to one of the
-# chunk's poses: the user is still on the path being generated.
+# A newer trajectory continues the old path (no cancel, no short chunk) when its first pose is this close to one of
+# the poses being or still to be generated: the user is still on the path ...
 CONTINUE_DISTANCE_M = 0.10
 CONTINUE_ANGLE_DEG = 8.0
+# ... and, where it overlaps the chunk in flight, follows that chunk's poses this closely (a turn or a stop that
+# begins on the path leaves it within the chunk: its frames would show where the user no longer goes).
+FOLLOW_DISTANCE_M = 0.05
+FOLLOW_ANGLE_DEG = 3.0
 
 
 @dataclass
@@ -68,12 +72,28 @@ def to_wire_delta(delta: EngineDelta, voxel_size: float) -> P.MemoryDelta:
                          recolored_rgb=delta.recolored_rgb)
 
 
-def _pose_close(a: np.ndarray, b: np.ndarray) -> bool:
+def pose_distance(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(metres between the camera centres, degrees between the views) of two w2c poses [4, 4]."""
     ca, cb = geometry.invert_se3(a), geometry.invert_se3(b)
-    if np.linalg.norm(ca[:3, 3] - cb[:3, 3]) > CONTINUE_DISTANCE_M:
-        return False
     cos = np.clip((np.trace(ca[:3, :3].T @ cb[:3, :3]) - 1) / 2, -1, 1)
-    return np.degrees(np.arccos(cos)) <= CONTINUE_ANGLE_DEG
+    return float(np.linalg.norm(ca[:3, 3] - cb[:3, 3])), float(np.degrees(np.arccos(cos)))
+
+
+def continues_path(new: np.ndarray, path: np.ndarray, in_flight: int) -> bool:
+    """Does the path new [N, 4, 4] continue path [M, 4, 4], whose first `in_flight` poses are being generated?
+
+    It must start near one of the path's poses (the nearest one, j) and, over the poses it shares with the chunk in
+    flight (new[i] against path[j + i] for j + i < in_flight), stay on them."""
+    dists = [pose_distance(new[0], p) for p in path]
+    near = [i for i, (m, deg) in enumerate(dists) if m <= CONTINUE_DISTANCE_M and deg <= CONTINUE_ANGLE_DEG]
+    if not near:
+        return False
+    j = min(near, key=lambda i: dists[i][0] + dists[i][1] / CONTINUE_ANGLE_DEG * CONTINUE_DISTANCE_M)
+    for i in range(min(len(new), max(0, in_flight - j))):
+        m, deg = pose_distance(new[i], path[j + i])
+        if m > FOLLOW_DISTANCE_M or deg > FOLLOW_ANGLE_DEG:
+            return False
+    return True
 
 
 class GenerationServer:
@@ -271,7 +291,7 @@ class GenerationServer:
         # the rest of the old path: the poses being, and still to be, generated. A new path that starts on it
         # continues it (the client keeps a moving camera fed; when generation lags, it starts further along).
         path = slot.queue if in_flight is None else np.concatenate([in_flight, slot.queue])
-        if not any(_pose_close(w2c[0], p) for p in path):  # a turn, or the first path after a rest
+        if not continues_path(w2c, path, 0 if in_flight is None else len(in_flight)):  # a turn, a stop, a start
             slot.fresh = True
             if in_flight is not None:
                 slot.cancel = True  # the user left the path being generated: stop the stale chunk
