@@ -9,8 +9,8 @@ One `WorldSession` holds a spatial memory, the frames generated so far with thei
     ->  segment dynamic regions  ->  insert the static part into the memory  ->  MemoryDelta
 
 Clips chain: the last frame of a chunk is the history of the next. `step` cuts a longer path into chunks. Every
-stage is timed. `build_conditions` is shared with training (`engine.train`), so a training sample is assembled
-exactly the way inference assembles its conditions.
+stage is timed. `prepare` computes what the next chunk needs before its poses are known (references, the history's
+control latents, the DiT's context keys/values; `engine.conditions`), so a chunk that starts on an input does less.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from engine.memory.retrieval import RETRIEVERS, Candidate, retrieve
 from engine.model.checkpoint import load_checkpoint
 from engine.model.configs import ModelConfig
 from engine.model.sampler import SamplingCancelled, StepInfo, sample
+from engine.conditions import PreparedContext, build_conditions, prepare_context, target_conditions
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 SESSION_FORMAT, SESSION_VERSION = "spatia-session", 1
@@ -155,19 +156,6 @@ class SessionOptions:
 
 
 @dataclass
-class Conditions:
-    """Everything the DiT is conditioned on for one chunk (latents normalised, batch of one)."""
-
-    history: torch.Tensor  # [1, z, Fh, h, w]
-    refs: torch.Tensor | None  # [1, z, K, h, w] or None
-    control: torch.Tensor | None  # [1, 2z, Fh + Ft, h, w] or None
-    scene_rgb: torch.Tensor  # [F, 3, H, W] rendered memory along [history | targets], [0, 1]
-    scene_depth: torch.Tensor  # [F, 1, H, W]
-    coverage: torch.Tensor  # [F, 1, H, W]
-    ref_ids: list[tuple[int, float]]
-
-
-@dataclass
 class ChunkResult:
     clip: int
     first_frame: int
@@ -197,67 +185,6 @@ def retrieval_options(method: str, cfg: ModelConfig, k: int, max_candidates: int
         # a third of the time (measured on a 170k-point session)
         return {"k": k, "every": every, "max_candidates": max_candidates, "max_points": 30_000}
     return {"k": k}
-
-
-def video_tensor(rgb: np.ndarray | torch.Tensor, depth: np.ndarray | torch.Tensor | None, cfg: ModelConfig) -> torch.Tensor:
-    """uint8 rgb [F, H, W, 3] (+ depth [F, H, W]) -> VAE input [1, C, F, H, W] (rgb in [0, 1], depth metric)."""
-    rgb = torch.as_tensor(np.asarray(rgb)).permute(3, 0, 1, 2).float() / 255.0  # [3, F, H, W]
-    if cfg.depth_channel:
-        d = torch.zeros_like(rgb[:1]) if depth is None else torch.as_tensor(np.asarray(depth, np.float32))[None]
-        rgb = torch.cat([rgb, d], 0)
-    return rgb[None]
-
-
-def build_conditions(
-    model: WorldModel,
-    memory: SpatialMemory | tuple[np.ndarray, np.ndarray],
-    history_rgb: np.ndarray,
-    history_depth: np.ndarray | None,
-    cameras: Sequence[geometry.Camera],
-    refs: Sequence[StoredFrame],
-    ref_ids: list[tuple[int, float]],
-    use_scene_video: bool = True,
-    point_size: float | None = None,
-    ref_latent_cache: dict[int, torch.Tensor] | None = None,
-    timings: dict[str, float] | None = None,
-    history_index: int | None = None,
-) -> Conditions:
-    """Encode one chunk's conditions. cameras: [history camera, *target cameras] at the model's resolution.
-
-    ref_latent_cache maps frame index -> that frame's latent encoded alone [z, 1, h, w] (references and history
-    alike): a stored frame is encoded once, whether it returns as a reference or was the history (history_index)."""
-    cfg, vae, dev = model.cfg, model.vae, model.device
-    timings = {} if timings is None else timings
-    t0 = time.perf_counter()
-    out = render(memory, list(cameras), resolution=(cfg.width, cfg.height), point_size=point_size)
-    timings["render"] = (time.perf_counter() - t0) * 1e3
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        cache = {} if ref_latent_cache is None else ref_latent_cache
-        if history_index is not None and history_index in cache:
-            history = cache[history_index][None]
-        else:
-            history = vae.encode(video_tensor(history_rgb[None], None if history_depth is None else history_depth[None],
-                                              cfg).to(dev)).mode()  # [1, z, 1, h, w]
-            if history_index is not None:
-                cache[history_index] = history[0]
-        ref_latents = None
-        if refs:
-            missing = [f for f in refs if f.index not in cache]
-            if missing:
-                vids = torch.cat([video_tensor(f.rgb[None], None if f.depth is None else f.depth[None], cfg) for f in missing])
-                lat = vae.encode(vids.to(dev)).mode()  # [n, z, 1, h, w]: each reference encoded alone
-                for f, z in zip(missing, lat):
-                    cache[f.index] = z
-            ref_latents = torch.stack([cache[f.index] for f in refs], 0).squeeze(2).permute(1, 0, 2, 3)[None]  # [1, z, K, h, w]
-        control = None
-        if use_scene_video:
-            scene = out.rgb.permute(1, 0, 2, 3)[None]  # [1, 3, F, H, W]
-            if cfg.depth_channel:
-                scene = torch.cat([scene, out.depth.permute(1, 0, 2, 3)[None]], 1)
-            control = vae.encode_control(scene.to(dev), out.coverage.permute(1, 0, 2, 3)[None].to(dev))
-    timings["encode"] = (time.perf_counter() - t0) * 1e3
-    return Conditions(history, ref_latents, control, out.rgb, out.depth, out.coverage, ref_ids)
 
 
 def to_uint8(rgb: torch.Tensor) -> np.ndarray:
@@ -310,6 +237,7 @@ class WorldSession:
             )
         self.segmenter = get_segmenter(self.options.segmentation) if self.options.segmentation else None
         self._ref_cache: dict[int, torch.Tensor] = {}
+        self._prepared: PreparedContext | None = None  # the next chunk's context, see prepare()
         self._undo: list[Callable[[], MemoryDelta]] = []
         self._generator = torch.Generator().manual_seed(self.options.seed)
 
@@ -351,6 +279,7 @@ class WorldSession:
         self.memory = SpatialMemory(voxel_size=self.options.voxel_size)
         self.frames, self.num_frames, self.clip = [], 0, 0
         self._ref_cache.clear()
+        self._prepared = None
         self._undo.clear()
         if self.segmenter is not None:
             self.segmenter.reset()
@@ -504,6 +433,57 @@ class WorldSession:
             results.append(self.generate_chunk(part, intrinsics, prompt, on_frame, should_stop))
         return results
 
+    def _retrieve(self, targets: list[geometry.Camera]) -> tuple[list[tuple[int, float]], list[StoredFrame]]:
+        """The references for a chunk along `targets`: (frame index, score) pairs and the stored frames."""
+        cfg, opt = self.cfg, self.options
+        k = cfg.num_refs if opt.num_refs is None else min(opt.num_refs, cfg.num_refs)
+        ref_ids: list[tuple[int, float]] = []
+        if opt.use_references and k > 0 and len(self.frames) > 1:
+            if opt.retrieval == "alg1":  # Algorithm 1 registers point sets: frames without depth cannot take part
+                candidates = [Candidate(f.index, f.camera, pts) for f in self.frames[:-1]
+                              if (pts := self._frame_points(f)) is not None and len(pts)]
+            else:
+                candidates = [Candidate(f.index, f.camera) for f in self.frames[:-1]]
+            if candidates:
+                ref_ids = retrieve(opt.retrieval, targets, candidates, self.memory,
+                                   **retrieval_options(opt.retrieval, cfg, k, opt.retrieval_candidates, len(targets)))
+        by_index = {f.index: f for f in self.frames}
+        return ref_ids, [by_index[i] for i, _ in ref_ids]
+
+    def _context_key(self) -> tuple:
+        """What a prepared context depends on besides the model: the history frame, the memory, the clip count."""
+        return (self.last_frame.index, self.memory.version, self.clip)
+
+    @property
+    def can_prepare(self) -> bool:
+        """Whether this model and these options let the next chunk's context be prepared ahead of its poses."""
+        return (self.cfg.attention_layout == "context" and self.cfg.cfg_scale == 1.0 and self.options.use_scene_video
+                and bool(self.frames))
+
+    def prepare(self, w2c: np.ndarray | None = None, intrinsics: np.ndarray | None = None) -> float | None:
+        """Compute the next chunk's context before its poses are known (the server does this while it waits for
+        input): references for the expected path w2c [N, 4, 4] (default: the history pose), the history's control
+        latents and the DiT's keys/values of [references | history]. The next `generate_chunk` uses it if the
+        history, memory and clip count are still the same. Returns the milliseconds spent (None: nothing to do)."""
+        if not self.can_prepare:
+            return None
+        key = self._context_key()
+        if self._prepared is not None and self._prepared.key == key:
+            return 0.0
+        history = self.last_frame
+        if w2c is None or not len(w2c):
+            targets = [history.camera]
+        else:
+            w2c, intrinsics = self.check_trajectory(np.asarray(w2c)[: self.chunk_frames], intrinsics)
+            targets = [self.camera(p, intrinsics) for p in w2c]
+        t0 = time.perf_counter()
+        ref_ids, refs = self._retrieve(targets)
+        point_size = self.options.voxel_size + self.options.point_size_growth * self.clip
+        self._prepared = prepare_context(self.model, self.memory, history, refs, ref_ids, point_size, self._ref_cache,
+                                         key)
+        self._prepared.ms = (time.perf_counter() - t0) * 1e3
+        return self._prepared.ms
+
     def generate_chunk(self, w2c: np.ndarray, intrinsics: np.ndarray, prompt: str | None = None,
                        on_frame: FrameCallback | None = None, should_stop: Callable[[], bool] | None = None,
                        latent_frames: int | None = None) -> ChunkResult:
@@ -537,29 +517,22 @@ class WorldSession:
             if should_stop is not None and should_stop():
                 raise ChunkCancelled(f"chunk cancelled after {after}")
 
-        # retrieval
-        t0 = time.perf_counter()
-        k = cfg.num_refs if opt.num_refs is None else min(opt.num_refs, cfg.num_refs)
-        ref_ids: list[tuple[int, float]] = []
-        if opt.use_references and k > 0 and len(self.frames) > 1:
-            if opt.retrieval == "alg1":  # Algorithm 1 registers point sets: frames without depth cannot take part
-                candidates = [Candidate(f.index, f.camera, pts) for f in self.frames[:-1]
-                              if (pts := self._frame_points(f)) is not None and len(pts)]
-            else:
-                candidates = [Candidate(f.index, f.camera) for f in self.frames[:-1]]
-            if candidates:
-                ref_ids = retrieve(opt.retrieval, targets, candidates, self.memory,
-                                   **retrieval_options(opt.retrieval, cfg, k, opt.retrieval_candidates, chunk_frames))
-        by_index = {f.index: f for f in self.frames}
-        refs = [by_index[i] for i, _ in ref_ids]
-        timings["retrieval"] = (time.perf_counter() - t0) * 1e3
-        stop_if_asked("retrieval")
-
-        # conditions: scene video, coverage, latents
+        # retrieval, scene video and latents: the prepared context when it fits (references chosen before the
+        # poses came, history and its keys/values computed while waiting), else all of it now
         point_size = opt.voxel_size + opt.point_size_growth * self.clip
-        cond = build_conditions(model, self.memory, history.rgb, history.depth, [history.camera, *targets], refs, ref_ids,
-                                use_scene_video=opt.use_scene_video, point_size=point_size,
-                                ref_latent_cache=self._ref_cache, timings=timings, history_index=history.index)
+        prepared = self._prepared if self._prepared is not None and self._prepared.key == self._context_key() else None
+        if prepared is not None:
+            timings["retrieval"] = 0.0
+            timings["prepared_ms"] = prepared.ms  # spent before the chunk, outside its total
+            cond = target_conditions(model, self.memory, targets, prepared, point_size=point_size, timings=timings)
+        else:
+            t0 = time.perf_counter()
+            ref_ids, refs = self._retrieve(targets)
+            timings["retrieval"] = (time.perf_counter() - t0) * 1e3
+            stop_if_asked("retrieval")
+            cond = build_conditions(model, self.memory, history.rgb, history.depth, [history.camera, *targets], refs,
+                                    ref_ids, use_scene_video=opt.use_scene_video, point_size=point_size,
+                                    ref_latent_cache=self._ref_cache, timings=timings, history_index=history.index)
         stop_if_asked("conditions")
 
         # sampling, cancellable between steps
@@ -570,9 +543,14 @@ class WorldSession:
         t0 = time.perf_counter()
         try:
             with torch.no_grad():
-                latents = sample(model.dit, cfg, history=cond.history, refs=cond.refs, control=cond.control,
-                                 target_frames=n_lat, steps=opt.steps, generator=self._generator,
-                                 callback=callback)
+                if prepared is not None:  # every step runs the target tokens only
+                    latents = sample(model.dit, cfg, control=cond.control[:, :, 1:], context=prepared.cache,
+                                     target_frames=n_lat, steps=opt.steps, generator=self._generator,
+                                     callback=callback)
+                else:
+                    latents = sample(model.dit, cfg, history=cond.history, refs=cond.refs, control=cond.control,
+                                     target_frames=n_lat, steps=opt.steps, generator=self._generator,
+                                     callback=callback)
         except SamplingCancelled as e:
             raise ChunkCancelled(str(e)) from e
         timings["sample"] = (time.perf_counter() - t0) * 1e3
@@ -582,8 +560,11 @@ class WorldSession:
         first_index = self.num_frames
         rgb_out, depth_out = [], []
         with torch.no_grad():
-            cache = model.vae.new_decode_cache()
-            model.vae.decode_step(cond.history, cache)
+            if prepared is not None:
+                cache = prepared.decode.fork()
+            else:
+                cache = model.vae.new_decode_cache()
+                model.vae.decode_step(cond.history, cache)
             produced = 0
             for i in range(latents.shape[2]):
                 video = model.vae.decode_step(latents[:, :, i : i + 1], cache)[0]  # [C, n, H, W]
@@ -642,7 +623,7 @@ class WorldSession:
         self.num_frames += n_new
         self.clip += 1
         timings["total"] = (time.perf_counter() - t_start) * 1e3
-        return ChunkResult(self.clip - 1, first_index, rgb_arr, depth_arr, poses[:n_new], delta, timings, ref_ids,
+        return ChunkResult(self.clip - 1, first_index, rgb_arr, depth_arr, poses[:n_new], delta, timings, cond.ref_ids,
                            scene_rgb, coverage, dynamic)
 
     def _frame_points(self, frame: StoredFrame, voxel: float = 0.05) -> np.ndarray | None:

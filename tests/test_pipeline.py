@@ -208,3 +208,31 @@ def test_short_chunk_and_each_stored_frame_is_encoded_once(model):
         session.generate_chunk(np.eye(4)[None], INTR, latent_frames=0)
     with pytest.raises(PipelineError, match=f"at most {tc} poses"):
         session.generate_chunk(np.stack([np.eye(4)] * (tc + 1)), INTR, latent_frames=1)
+
+
+def test_a_prepared_context_gives_the_chunk_it_would_have_made_anyway(model):
+    def session_after_one_chunk():
+        s = WorldSession(model, SessionOptions(segmentation=None, voxel_size=0.05, seed=3))
+        rgb, depth, _ = room_rgbd()
+        s.open_rgbd(rgb, depth, np.eye(4), INTR)
+        s.generate_chunk(np.stack([turn(np.eye(4), 3 * (i + 1)) for i in range(s.chunk_frames)]), INTR)
+        return s
+
+    plain, ready = session_after_one_chunk(), session_after_one_chunk()
+    n = plain.chunk_frames
+    poses = np.stack([turn(np.eye(4), 24 + 3 * (i + 1)) for i in range(n)])
+    assert ready.can_prepare and ready.prepare(poses, INTR) > 0
+    assert ready.prepare(poses, INTR) == 0.0  # already prepared for this history and memory
+    with pytest.raises(ChunkCancelled):  # a cancelled chunk leaves the prepared context usable
+        ready.generate_chunk(poses, INTR, should_stop=lambda: True)
+    a, b = plain.generate_chunk(poses, INTR), ready.generate_chunk(poses, INTR)
+    assert "prepared_ms" in b.timings and b.timings["retrieval"] == 0.0 and "prepared_ms" not in a.timings
+    assert a.references == b.references
+    assert np.abs(a.rgb.astype(int) - b.rgb.astype(int)).max() <= 2  # the same frames up to float rounding
+    np.testing.assert_array_equal(a.coverage, b.coverage)
+    # a context is stale once the history, the memory or the clip changed: the next chunk builds its own
+    ready.prepare(None, None)
+    ready.remove_box(np.full(3, -10.0), np.full(3, -9.0))
+    ready.insert_points(np.array([[0.0, 0.0, 2.0]]), np.array([[255, 0, 0]], np.uint8))
+    c = ready.generate_chunk(poses[: n // 2], INTR, latent_frames=1)
+    assert "prepared_ms" not in c.timings and len(c.rgb) == n // 2

@@ -15,6 +15,9 @@ API:
                     generator=g, callback=cb)          -> [B, C, F_target, h, w]
     history [B, C, Fh, h, w], refs [B, C, K, h, w], control [B, 2C, Fh + Ft, h, w], text [B, L, D_text]
     callback(StepInfo) is called after every step; a truthy return raises SamplingCancelled (so does raising it).
+    context=ContextCache filled beforehand (attention_layout "context", no guidance) with this chunk's references
+    and history: pass the targets' control [B, 2C, Ft, h, w] alone, no history or refs; every step then runs the
+    target tokens only (the server prepares the next chunk's context while it waits for input).
 """
 
 from __future__ import annotations
@@ -111,6 +114,7 @@ def sample(
     seed: int | None = None,
     callback: Callable[[StepInfo], object] | None = None,
     context_cache: bool = True,
+    context: ContextCache | None = None,
 ) -> torch.Tensor:
     """Denoise one chunk. Unset options take the config's defaults (sample_steps, sample_solver, ...).
 
@@ -157,6 +161,11 @@ def sample(
     # later steps run the target tokens alone
     use_cache = context_cache and cfg.attention_layout == "context"
     caches = [ContextCache(), ContextCache()] if use_cache else [None, None]
+    if context is not None:
+        if not context.filled or guidance != 1.0 or history is not None or refs is not None:
+            raise ValueError("a prepared context needs a filled ContextCache, no guidance, and no history or refs "
+                             "(they are in the cache)")
+        caches[0] = context
     control_target = None if control is None else control[:, :, fh:]
 
     def run(xt: torch.Tensor, sigma: float, refs_, text_, cache: ContextCache | None) -> torch.Tensor:

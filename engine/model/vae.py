@@ -383,6 +383,10 @@ class DecodeCache:
     states: dict = field(default_factory=dict)  # tile span -> State
     frames_in: int = 0  # latent frames decoded so far
 
+    def fork(self) -> "DecodeCache":
+        """A copy that decodes on from here while this one stays as it is (states are replaced, never mutated)."""
+        return DecodeCache(self.tile, self.overlap, {k: dict(v) for k, v in self.states.items()}, self.frames_in)
+
 
 # --------------------------------------------------------------------------------------------- the autoencoder
 class VideoVAE(nn.Module):
@@ -436,33 +440,46 @@ class VideoVAE(nn.Module):
         causal state carried (Wan's schedule: bounded memory for long clips; same result as one pass)."""
         return self._encode_model_space(self.to_model_space(video), chunked)
 
-    def _encode_model_space(self, x: torch.Tensor, chunked: bool) -> LatentDist:
+    def _encode_model_space(self, x: torch.Tensor, chunked: bool, state: State | None = None) -> LatentDist:
         self.cfg.video_to_latent_frames(x.shape[2])  # validates the frame count
-        state: State = {}
+        state = {} if state is None else state
         if chunked:
             tc = self.cfg.temporal_compression
             pieces = [x[:, :, :1]] + [x[:, :, i : i + tc] for i in range(1, x.shape[2], tc)]
             h = torch.cat([self.encoder(p, state) for p in pieces], dim=2)
         else:
             h = self.encoder(x, state)
+        return self._moments(h)
+
+    def _moments(self, h: torch.Tensor) -> LatentDist:
+        """Encoder features -> the normalised latent distribution."""
         mean, logvar = self.to_moments(h).chunk(2, dim=1)
         shift, scale = self._latent_stats(mean)
         return LatentDist(mean, logvar.clamp(-30.0, 20.0), shift, scale)
 
-    def encode_control(self, scene: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def encode_control(self, scene: torch.Tensor, mask: torch.Tensor, state: State | None = None) -> torch.Tensor:
         """Control latents for the DiT: scene video [B, C, F, H, W] (rendered memory, same space as `encode`) and
         coverage mask [B, 1, F, H, W] in {0, 1} -> [B, 2z, f, h, w] = scene latents ++ mask latents (modes).
 
         The mask becomes a video with every channel at -1 (no points) or +1 (covered); both videos go through the
-        encoder in one batch."""
+        encoder in one batch. state streams a clip in parts (the same latents as one pass): an empty dict with the
+        first part (1 + k * temporal_compression frames), then the same dict, updated in place, with each later
+        part (a multiple of temporal_compression frames). A shallow copy of it (`dict(state)`) forks the clip."""
         if mask.dim() != 5 or mask.shape[1] != 1 or mask.shape[2:] != scene.shape[2:]:
             raise ValueError(
                 f"mask must be [B, 1, F, H, W] matching scene {tuple(scene.shape)}; got {tuple(mask.shape)}"
             )
         x_scene = self.to_model_space(scene)
         mask_video = (mask.to(scene.dtype) * 2 - 1).expand(-1, self.cfg.video_channels, -1, -1, -1)
-        x_mask = pixel_unshuffle(mask_video, self.cfg.vae_patch)
-        z = self._encode_model_space(torch.cat([x_scene, x_mask], dim=0), chunked=False).mode()
+        x = torch.cat([x_scene, pixel_unshuffle(mask_video, self.cfg.vae_patch)], dim=0)
+        if state:  # a later part of a streamed clip: whole groups of frames, the causal state carried on
+            tc = self.cfg.temporal_compression
+            if x.shape[2] % tc:
+                raise ValueError(f"a later part of a streamed clip needs a multiple of {tc} frames; got {x.shape[2]}")
+            z = self._moments(torch.cat([self.encoder(x[:, :, i : i + tc], state)
+                                         for i in range(0, x.shape[2], tc)], dim=2)).mode()
+        else:
+            z = self._encode_model_space(x, chunked=state is not None, state=state).mode()
         return torch.cat(z.chunk(2, dim=0), dim=1)
 
     # ---- decode
