@@ -81,11 +81,6 @@ class ModelConfig:
     # ---- control branch (VACE-style)
     control_layers: tuple[int, ...] = (0, 2, 4)  # main layers paired with a control block
     control_scale: float = 1.0
-    # The velocity carries a gated skip from the scene-video latents s: v = v_net - g * s with g the coverage read
-    # off the mask latents (learned), so at high noise (x0 = x - sigma v) the prediction starts from the memory
-    # render where it covers and the network learns the correction. Off in the paper's model; the tiny model uses
-    # it (without it a small DiT did not learn to copy the render).
-    scene_skip: bool = False
 
     # ---- attention layout over [references | history | target] tokens
     # "full": every token attends to every token (the paper). "context": references and history (the clean
@@ -242,9 +237,8 @@ def _jsonable(v):
 PRESETS: dict[str, dict] = {
     # Real time on 2 CPU cores: 8 new 128x128 RGB-D frames per chunk from 2 sampler steps over
     # (3 refs + 1 history + 2 target) x 64 tokens, the context's keys/values cached across steps; sizes chosen
-    # from `spatia bench model` measurements, steps from `spatia eval` (2 steps scored best of 2, 3, 4 and 8);
-    # the scene skip starts every prediction from the memory render.
-    "tiny": dict(attention_layout="context", sample_steps=2, scene_skip=True),
+    # from `spatia bench model` measurements, steps from `spatia eval` (2 steps scored best of 2, 3, 4 and 8).
+    "tiny": dict(attention_layout="context", sample_steps=2),
     # GPU-sized: 256x256 RGB-D, 8x VAE (32x32x16 latents, 256 tokens per latent frame).
     "small": dict(
         height=256,

@@ -11,11 +11,7 @@ Data flow of one forward (B batch, C latent channels, K references, F = history 
   the F video frames; zeros at reference frames) go through `len(control_layers)` blocks, block 0 adding a
   projection of them to the main hidden state, and each block's zero-initialised output projection is added to the
   main stream after its paired layer, times `control_scale`, at history+target tokens only. Output: velocity for
-  every frame [B, C, K+F, h, w] (the loss and the sampler use only the target frames). With cfg.scene_skip the
-  velocity of the F video frames is v_net - g * s for scene latents s and a gate g = clamp(W m + b, 0, 1) [B, C, F,
-  h, w] read from the mask latents m by a learned 1x1 projection (`init_scene_gate` sets it to the coverage): at
-  sigma = 1 the prediction x0 = x - v starts from the memory render where the memory covers, and the network
-  learns what to change.
+  every frame [B, C, K+F, h, w] (the loss and the sampler use only the target frames).
 
 Parameter names follow Wan2.2 where they read well; `engine.model.convert` maps the official names.
 
@@ -242,7 +238,6 @@ class SpatiaDiT(nn.Module):
         self.head = Head(cfg)
         self.control_embed = nn.Conv3d(cfg.control_in_channels, d, cfg.patch, stride=cfg.patch)
         self.control_blocks = nn.ModuleList(ControlBlock(cfg, i) for i in range(len(cfg.control_layers)))
-        self.scene_gate = nn.Linear(c, c) if cfg.scene_skip else None  # mask latents -> skip gate per channel
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -259,20 +254,6 @@ class SpatiaDiT(nn.Module):
                 nn.init.normal_(mlp.fc2.weight, std=0.02)
         # The head keeps xavier (Wan zero-inits it): with a zero head no gradient reaches the zero-initialised
         # control projections on the first update.
-        if self.scene_gate is not None:  # closed until `init_scene_gate` (or loaded weights) open it
-            nn.init.zeros_(self.scene_gate.weight)
-            nn.init.zeros_(self.scene_gate.bias)
-
-    @torch.no_grad()
-    def init_scene_gate(self, mask_covered: torch.Tensor, mask_empty: torch.Tensor) -> None:
-        """Open the scene skip where the memory covers: the gate becomes the coverage read off the mask latents,
-        1 at `mask_covered` and 0 at `mask_empty` (the [C] mask latents of a fully covered and an empty frame)."""
-        if self.scene_gate is None:
-            raise ValueError(f"model {self.cfg.name!r} has no scene skip (scene_skip=False)")
-        d = (mask_covered - mask_empty).float()
-        w = d / d.dot(d)  # projection onto the covered-minus-empty direction
-        self.scene_gate.weight.copy_(w.expand_as(self.scene_gate.weight))
-        self.scene_gate.bias.fill_(-float(mask_empty.float().dot(w)))
 
     # ---- helpers
     def _embed(self, conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
@@ -399,12 +380,7 @@ class SpatiaDiT(nn.Module):
                 tokens = tokens + hints[i] * scale
 
         out = self.head(tokens, e)  # [B, L, pt*ph*pw*C]
-        v = unpatchify(out, cfg.patch, (frames, gh, gw), c)  # [B, C, frames, h, w]: K + F, or F when cached
-        if control is not None and self.scene_gate is not None:  # v = v_net - g * s at the F video frames
-            scene, mask = control.to(v.dtype).split(c, dim=1)  # each [B, C, F, h, w]
-            gate = self.scene_gate(mask.movedim(1, -1)).clamp(0, 1).movedim(-1, 1)  # [B, C, F, h, w]
-            v = torch.cat([v[:, :, : frames - f], v[:, :, frames - f:] - gate * scene], dim=2)
-        return v
+        return unpatchify(out, cfg.patch, (frames, gh, gw), c)  # [B, C, frames, h, w]: K + F, or F when cached
 
 
 # --------------------------------------------------------------------------------------------- text encoder

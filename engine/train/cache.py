@@ -30,7 +30,7 @@ FORMAT = "spatia-dit-cache"
 # serves any DiT trained on the same VAE, data and clip layout.
 DIT_ONLY_FIELDS = frozenset({
     "name", "dim", "num_heads", "num_layers", "ffn_dim", "act", "freq_dim", "text_dim", "text_len", "eps",
-    "rope_theta", "num_train_timesteps", "control_layers", "control_scale", "scene_skip", "attention_layout", "sample_steps",
+    "rope_theta", "num_train_timesteps", "control_layers", "control_scale", "attention_layout", "sample_steps",
     "sample_shift", "sample_solver", "cfg_scale", "cfg_drop",
 })
 

@@ -100,9 +100,7 @@ def run(args: argparse.Namespace) -> int:
             save_checkpoint(out / "export", cfg, vae=model_copy, extra={"stage": "vae", "step": trainer.state.step})
     else:
         from engine.model.dit import SpatiaDiT
-        from engine.train.dit import DitLossSettings, SampleSettings, SpatiaSamples, coverage_latents, make_dit_loss
-
-        GATE_KEYS = {"scene_gate.weight", "scene_gate.bias"}
+        from engine.train.dit import DitLossSettings, SampleSettings, SpatiaSamples, make_dit_loss
 
         vae = load_checkpoint(conf["vae"], device=device, parts=("vae",)).vae
         samples = conf.get("samples", {})
@@ -120,13 +118,7 @@ def run(args: argparse.Namespace) -> int:
             data = CachedSamples(conf["cache"], cfg)
         model = SpatiaDiT(cfg)
         if conf.get("init"):  # continue from exported weights (e.g. the shipped model); optimizer state starts fresh
-            init_state = load_checkpoint(conf["init"], parts=("dit",)).dit.state_dict()
-            missing, unexpected = model.load_state_dict(init_state, strict=False)
-            if set(missing) - GATE_KEYS or unexpected:  # a scene skip may be added to a model without one
-                raise ValueError(f"init {conf['init']} does not fit the configured DiT: missing {missing}, "
-                                 f"unexpected {unexpected}")
-        if cfg.scene_skip and not (conf.get("init") and GATE_KEYS.isdisjoint(missing)):
-            model.init_scene_gate(*coverage_latents(vae))  # a new skip opens where the memory covers
+            model.load_state_dict(load_checkpoint(conf["init"], parts=("dit",)).dit.state_dict())
         loss_fn = make_dit_loss(cfg, vae, DitLossSettings(**conf.get("loss", {})))
 
         def export(trainer):

@@ -172,20 +172,6 @@ def make_dit_loss(cfg: ModelConfig, vae: nn.Module | None, settings: DitLossSett
     return loss_fn
 
 
-@torch.no_grad()
-def coverage_latents(vae: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask latents [C] of a fully covered and of an empty clip (means over the latent grid, after the first
-    latent frame), to open a DiT's scene skip where the memory covers (`SpatiaDiT.init_scene_gate`)."""
-    cfg = vae.cfg
-    param = next(vae.parameters())
-    shape = (1, 1, cfg.latent_to_video_frames(3), cfg.height, cfg.width)
-    scene = torch.zeros(1, cfg.video_channels, *shape[2:], device=param.device, dtype=param.dtype)
-    full, empty = (vae.encode_control(scene, torch.full(shape, v, device=param.device, dtype=param.dtype))
-                   for v in (1.0, 0.0))
-    c = cfg.latent_channels
-    return full[0, c:, 1:].float().mean((1, 2, 3)), empty[0, c:, 1:].float().mean((1, 2, 3))
-
-
 def apply_history_augmentation(hist: torch.Tensor, noise: torch.Tensor, t_aug: torch.Tensor) -> torch.Tensor:
     """Noise the clean preceding latents [B, z, Fh, h, w] to level t_aug [B] on the flow schedule (training only)."""
     t = t_aug.view(-1, 1, 1, 1, 1)

@@ -290,41 +290,6 @@ def test_context_layout_isolates_the_context_and_caches_it():
             dit(x[:, :, 1:], t[:, 1:], refs=refs, control=control[:, :, 1:], cache=cache)
 
 
-def test_scene_skip_subtracts_the_gated_scene_latents_at_video_frames():
-    cfg = micro("tiny")
-    assert cfg.scene_skip
-    plain_cfg = micro("tiny", scene_skip=False)
-    dit = _perturbed_dit(cfg)
-    plain = SpatiaDiT(plain_cfg).eval()
-    plain.load_state_dict({k: v for k, v in dit.state_dict().items() if not k.startswith("scene_gate")})
-    c, h, w = cfg.latent_channels, cfg.latent_height, cfg.latent_width
-    covered, empty = torch.randn(c), torch.randn(c)
-    dit.init_scene_gate(covered, empty)
-    x, refs, t = torch.randn(1, c, 3, h, w), torch.randn(1, c, 2, h, w), torch.tensor([[0.0, 0.6, 0.6]])
-    scene = torch.randn(1, c, 3, h, w)
-    mask = torch.zeros(1, c, 3, h, w) + empty.view(1, c, 1, 1, 1)
-    mask[..., : h // 2, :] = covered.view(1, c, 1, 1, 1)  # top half covered
-    control = torch.cat([scene, mask], 1)
-    with torch.no_grad():
-        diff = dit(x, t, refs=refs, control=control) - plain(x, t, refs=refs, control=control)
-        torch.testing.assert_close(diff[:, :, :2], torch.zeros_like(diff[:, :, :2]))  # references: no skip
-        torch.testing.assert_close(diff[:, :, 2:, : h // 2], -scene[..., : h // 2, :], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(diff[:, :, 2:, h // 2:], torch.zeros_like(diff[:, :, 2:, h // 2:]), atol=1e-5,
-                                   rtol=0)
-        # without a scene video there is nothing to skip; the cached target-only pass applies the same skip
-        torch.testing.assert_close(dit(x, t, refs=refs), plain(x, t, refs=refs))
-        cache = ContextCache()
-        one = dit(x, t, refs=refs, control=control, cache=cache)
-        torch.testing.assert_close(dit(x[:, :, 1:], t[:, 1:], control=control[:, :, 1:], cache=cache), one[:, :, 3:],
-                                   atol=1e-5, rtol=1e-5)
-    closed = SpatiaDiT(cfg).eval()  # a new gate is closed: the skip changes nothing until it is opened
-    plain.load_state_dict({k: v for k, v in closed.state_dict().items() if not k.startswith("scene_gate")})
-    with torch.no_grad():
-        torch.testing.assert_close(closed(x, t, refs=refs, control=control), plain(x, t, refs=refs, control=control))
-    with pytest.raises(ValueError, match="no scene skip"):
-        plain.init_scene_gate(covered, empty)
-
-
 def test_full_layout_lets_the_context_see_the_targets():
     cfg = micro("tiny", attention_layout="full")
     dit = _perturbed_dit(cfg)

@@ -12,7 +12,7 @@ from engine.train.loop import Trainer, TrainSettings
 from engine.train.vae import VaeClips, make_vae_loss, vae_clip_frames
 from engine.world.dataset import DatasetConfig, build_dataset
 from engine.world.loader import WorldDataset
-from tests.conftest import TINY_TEST, tiny_test_config
+from tests.conftest import tiny_test_config
 
 
 @pytest.fixture(scope="module")
@@ -136,32 +136,3 @@ def test_train_command_exports_beside_a_model_card(world32, tmp_path, monkeypatc
     assert (dest / "MODEL_CARD.md").read_text() == "card"  # the export replaces weights, not the folder
     assert load_checkpoint(dest, parts=("vae",)).cfg.latent_channels == 8
     assert (dest / "loss-vae.png").is_file()
-
-
-def test_train_command_adds_a_scene_skip_to_a_dit_without_one(world32, tmp_path, monkeypatch):
-    import json
-
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-
-    from engine.cli import main
-    from engine.model.checkpoint import load_checkpoint, save_checkpoint
-    from engine.train.dit import coverage_latents
-
-    overrides = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY_TEST.items()}
-    cfg = tiny_test_config(scene_skip=False)
-    torch.manual_seed(0)
-    save_checkpoint(tmp_path / "plain", cfg, dit=SpatiaDiT(cfg), vae=VideoVAE(cfg))
-    conf = {"stage": "dit", "model": "tiny", "data": str(world32), "vae": str(tmp_path / "plain"),
-            "init": str(tmp_path / "plain"), "out": str(tmp_path / "run"),
-            "samples": {"min_context": 4, "start_step": 1}, "overrides": {**overrides, "scene_skip": True},
-            "settings": {"steps": 1, "batch_size": 2, "lr": 1e-12, "warmup_steps": 1, "ckpt_every": 1, "log_every": 1}}
-    (tmp_path / "dit.json").write_text(json.dumps(conf))
-    assert main(["train", "--config", str(tmp_path / "dit.json"), "--quiet", "--threads", "1"]) == 0
-    ckpt = load_checkpoint(tmp_path / "run" / "export")
-    plain = load_checkpoint(tmp_path / "plain", parts=("dit",)).dit
-    for k, v in plain.state_dict().items():  # the other weights come from the init
-        torch.testing.assert_close(ckpt.dit.state_dict()[k], v, atol=1e-6, rtol=0, msg=k)
-    covered, empty = coverage_latents(ckpt.vae)  # the new gate was opened where the memory covers
-    with torch.no_grad():
-        gate = ckpt.dit.scene_gate(torch.stack([covered, empty]))
-    torch.testing.assert_close(gate, torch.tensor([[1.0], [0.0]]).expand_as(gate), atol=1e-3, rtol=0)
