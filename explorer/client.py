@@ -289,7 +289,7 @@ class StreamConfig:
     """When trajectory chunks go out."""
 
     chunks_ahead: int = 2  # poses per Trajectory, in server chunks
-    min_interval_s: float = 0.25  # a changed path follows an input-driven chunk at most this often
+    min_interval_s: float = 0.05  # a changed path follows an input-driven chunk at most this often
     position_tol_m: float = 0.02  # the path changed if a predicted camera centre moved more than this ...
     angle_tol_deg: float = 1.0  # ... or a predicted view turned more than this
     stall_s: float = 3.0  # a change waits for the previous input-driven chunk's first frame at most this long

@@ -37,9 +37,10 @@ log = logging.getLogger("spatia.server")
 CONTINUE_DISTANCE_M = 0.10
 CONTINUE_ANGLE_DEG = 8.0
 # ... and, where it overlaps the chunk in flight, follows that chunk's poses this closely (a turn or a stop that
-# begins on the path leaves it within the chunk: its frames would show where the user no longer goes).
-FOLLOW_DISTANCE_M = 0.05
-FOLLOW_ANGLE_DEG = 3.0
+# begins on the path leaves it within the chunk: its frames would show where the user no longer goes). The
+# explorer's streamer sends an input-driven path when its prediction moves by as much (StreamConfig tolerances).
+FOLLOW_DISTANCE_M = 0.02
+FOLLOW_ANGLE_DEG = 1.0
 
 
 @dataclass
