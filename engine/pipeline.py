@@ -460,6 +460,11 @@ class WorldSession:
         return (self.cfg.attention_layout == "context" and self.cfg.cfg_scale == 1.0 and self.options.use_scene_video
                 and bool(self.frames))
 
+    @property
+    def prepared(self) -> bool:
+        """Is the next chunk's context prepared (for the current history, memory and clip)?"""
+        return self._prepared is not None and self._prepared.key == self._context_key()
+
     def prepare(self, w2c: np.ndarray | None = None, intrinsics: np.ndarray | None = None) -> float | None:
         """Compute the next chunk's context before its poses are known (the server does this while it waits for
         input): references for the expected path w2c [N, 4, 4] (default: the history pose), the history's control
@@ -467,9 +472,9 @@ class WorldSession:
         history, memory and clip count are still the same. Returns the milliseconds spent (None: nothing to do)."""
         if not self.can_prepare:
             return None
-        key = self._context_key()
-        if self._prepared is not None and self._prepared.key == key:
+        if self.prepared:
             return 0.0
+        key = self._context_key()
         history = self.last_frame
         if w2c is None or not len(w2c):
             targets = [history.camera]
@@ -520,7 +525,7 @@ class WorldSession:
         # retrieval, scene video and latents: the prepared context when it fits (references chosen before the
         # poses came, history and its keys/values computed while waiting), else all of it now
         point_size = opt.voxel_size + opt.point_size_growth * self.clip
-        prepared = self._prepared if self._prepared is not None and self._prepared.key == self._context_key() else None
+        prepared = self._prepared if self.prepared else None
         if prepared is not None:
             timings["retrieval"] = 0.0
             timings["prepared_ms"] = prepared.ms  # spent before the chunk, outside its total

@@ -239,7 +239,6 @@ class GenerationServer:
         self.send(slot, to_wire_delta(session.memory.snapshot(), session.memory.voxel_size))
         last = session.last_frame
         self.send(slot, P.Frame(index=last.index, seq=0, rgb=last.rgb, depth=last.depth, w2c=last.camera.w2c))
-        self._prepare(slot)  # the first input's chunk starts from a prepared context
 
     def _new_session(self, prompt: str) -> WorldSession:
         return WorldSession(self.model, self.options, prompt=prompt)
@@ -311,7 +310,6 @@ class GenerationServer:
         self.autosave(slot)
         self.send(slot, P.Ack(ref_type=msg.type, ref_id=msg.edit_id))
         self.send(slot, to_wire_delta(delta, slot.session.memory.voxel_size))
-        self._prepare(slot)  # the edit changed the memory the prepared context saw
 
     def on_edit_remove_box(self, slot: Slot, msg: P.EditRemoveBox) -> None:
         self._edited(slot, msg, self._need_session(slot).remove_box(msg.box_min, msg.box_max))
@@ -396,29 +394,32 @@ class GenerationServer:
             except P.ProtocolError as e:
                 self.send(slot, e.to_message("trajectory"))
             timings["autosave"] = (time.perf_counter() - t0) * 1e3
-        prepare_ms = self._prepare(slot)
-        if prepare_ms is not None:
-            timings["prepare"] = prepare_ms
         self.send(slot, P.ClipDone(clip=result.clip, seq=seq, first_frame=result.first_frame, num_frames=len(result.rgb),
                                    memory_version=session.memory.version, timings=timings))
         return True
 
-    def _prepare(self, slot: Slot) -> float | None:
-        """Prepare the session's next chunk (references for the queued path, history, the DiT's context) so that
-        the chunk an input starts has less to do; ms spent, or None when the session cannot prepare."""
-        session = slot.session
-        if session is None or not session.can_prepare:
-            return None
-        try:
-            return session.prepare(slot.queue if len(slot.queue) else None, slot.intrinsics)
-        except PipelineError as e:  # a queued path that became invalid: the chunk itself will report it
-            log.warning("could not prepare the next chunk of %s: %s", slot.key[:8], e)
-            return None
+    def prepare_idle(self) -> bool:
+        """With nothing to generate: prepare one session's next chunk (references, history, the DiT's context; see
+        `WorldSession.prepare`) so that the chunk the next input starts has less to do. Only spare time goes into
+        it: a moving camera's chunks follow each other at once and build their context in one go (less work
+        in all). False when every session is prepared."""
+        for slot in self.slots.values():
+            session = slot.session
+            if session is None or not session.can_prepare or session.prepared:
+                continue
+            try:
+                session.prepare()
+            except PipelineError as e:  # nothing to prepare from (an emptied session): the chunk will report it
+                log.warning("could not prepare the next chunk of %s: %s", slot.key[:8], e)
+                continue
+            return True
+        return False
 
     def serve_forever(self, stop=None, idle_poll_ms: int = 50) -> None:
         log.info("serving %s (%s) on %s", self.model.name, self.backend, getattr(self.transport, "address", "broker"))
         while stop is None or not stop.is_set():
-            self.pump(0 if self._next_slot() else idle_poll_ms)
+            idle = self._next_slot() is None and not self.prepare_idle()
+            self.pump(idle_poll_ms if idle else 0)
             self.generate_once()
 
     def close(self) -> None:
