@@ -24,12 +24,13 @@ import typing
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 
 from engine import geometry
+from engine.conditions import PreparedContext, build_conditions, prepare_context, target_conditions
 from engine.memory.delta import MemoryDelta
 from engine.memory.pointcloud import SpatialMemory
 from engine.memory.primitives import primitive_surface
@@ -38,7 +39,6 @@ from engine.memory.retrieval import RETRIEVERS, Candidate, retrieve
 from engine.model.checkpoint import load_checkpoint
 from engine.model.configs import ModelConfig
 from engine.model.sampler import SamplingCancelled, StepInfo, sample
-from engine.conditions import PreparedContext, build_conditions, prepare_context, target_conditions
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 SESSION_FORMAT, SESSION_VERSION = "spatia-session", 1
