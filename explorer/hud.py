@@ -68,16 +68,24 @@ class RateMeter:
     def __init__(self, window_s: float = 1.0):
         self.window_s = window_s
         self.times: collections.deque[float] = collections.deque()
+        self.first: float | None = None  # the first event ever: before a whole window has passed, rate from the span
 
     def tick(self, now: float) -> None:
+        if self.first is None:
+            self.first = now
         self.times.append(now)
         self._trim(now)
 
     def rate(self, now: float | None = None) -> float:
+        """Events per second: those of the last window over its length once a whole window has passed (frames that
+        arrive in bursts, a chunk at a time, count at their average rate), before that over their own span."""
         if now is not None:
             self._trim(now)
         if len(self.times) < 2:
             return 0.0
+        now = self.times[-1] if now is None else now
+        if now - self.first >= self.window_s:
+            return sum(t > now - self.window_s for t in self.times) / self.window_s
         span = self.times[-1] - self.times[0]
         return (len(self.times) - 1) / span if span > 0 else 0.0
 

@@ -76,6 +76,11 @@ def test_hud_lines_and_rates():
         meter.tick(i / 30)
     assert meter.rate() == pytest.approx(30.0)
     assert meter.rate(now=10.0) == 0.0  # nothing in the last second
+    bursts = RateMeter(window_s=1.0)  # generated frames arrive a chunk at a time: 4 within 3 ms every 0.5 s
+    for chunk in range(6):
+        for j in range(4):
+            bursts.tick(chunk * 0.5 + j * 0.001)
+    assert bursts.rate() == pytest.approx(8.0)  # their average rate, not the rate inside a burst
 
 
 # --------------------------------------------------------------------------------------------- drawing
