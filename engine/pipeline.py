@@ -450,7 +450,8 @@ class WorldSession:
         by_index = {f.index: f for f in self.frames}
         return ref_ids, [by_index[i] for i, _ in ref_ids]
 
-    def _context_key(self) -> tuple:
+    @property
+    def context_key(self) -> tuple:
         """What a prepared context depends on besides the model: the history frame, the memory, the clip count."""
         return (self.last_frame.index, self.memory.version, self.clip)
 
@@ -463,7 +464,7 @@ class WorldSession:
     @property
     def prepared(self) -> bool:
         """Is the next chunk's context prepared (for the current history, memory and clip)?"""
-        return self._prepared is not None and self._prepared.key == self._context_key()
+        return self._prepared is not None and self._prepared.key == self.context_key
 
     def prepare(self, w2c: np.ndarray | None = None, intrinsics: np.ndarray | None = None) -> float | None:
         """Compute the next chunk's context before its poses are known (the server does this while it waits for
@@ -474,7 +475,7 @@ class WorldSession:
             return None
         if self.prepared:
             return 0.0
-        key = self._context_key()
+        key = self.context_key
         history = self.last_frame
         if w2c is None or not len(w2c):
             targets = [history.camera]

@@ -5,7 +5,8 @@ with queued poses (round robin). While a chunk is sampled, `pump()` runs between
 answered, other clients are served, and a newer trajectory that leaves the path in flight cancels the stale chunk at
 the next step. The first chunk of such a fresh path (or of a camera moving off from rest) is one latent frame long
 (`short_chunks`), so its first frame comes sooner; the chunks after it are full. Frames go out as soon as they are
-decoded; the memory delta and ClipDone after each chunk.
+decoded; the memory delta and ClipDone after each chunk. With nothing queued, spare time prepares each session's
+next chunk (`prepare_idle`: references, history, the DiT's context), so an input's chunk starts with less to do.
 
 Durability: a session is autosaved (atomically) before any Ack that changes it is sent, and after clips at most every
 `autosave_interval_s` and whenever its queue runs dry, so nothing acknowledged is lost when the process is killed.
@@ -60,6 +61,7 @@ class Slot:
     served: float = 0.0  # when its last chunk started (monotonic): the least recently served goes next
     cancel: bool = False  # set by pump() to stop the chunk in flight
     fresh: bool = True  # the queued path starts a new motion (a turn, or moving off from rest): short first chunk
+    unpreparable: tuple | None = None  # the session's context key when preparing it failed (not retried for it)
 
     @property
     def key(self) -> str:
@@ -405,12 +407,14 @@ class GenerationServer:
         in all). False when every session is prepared."""
         for slot in self.slots.values():
             session = slot.session
-            if session is None or not session.can_prepare or session.prepared:
+            if (session is None or not session.can_prepare or session.prepared
+                    or slot.unpreparable == session.context_key):
                 continue
             try:
                 session.prepare()
-            except PipelineError as e:  # nothing to prepare from (an emptied session): the chunk will report it
-                log.warning("could not prepare the next chunk of %s: %s", slot.key[:8], e)
+            except Exception as e:  # noqa: BLE001 - the chunk builds its context itself and reports what is wrong
+                log.warning("could not prepare the next chunk of %s: %s: %s", slot.key[:8], type(e).__name__, e)
+                slot.unpreparable = session.context_key
                 continue
             return True
         return False

@@ -1,6 +1,7 @@
 """The real server process: handshake, sessions, streaming, cancel-on-newer, SIGKILL + resume, broker, bad input."""
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -153,6 +154,36 @@ def test_an_idle_server_prepares_the_next_chunk_and_an_edit_makes_it_stale(tiny_
         assert c.recv().type == "ack" and len(c.recv().removed_ids) > 0
         assert session().memory.version > version  # the context prepared before the edit is stale now ...
         wait_for(lambda: session().prepared, timeout=30)  # ... and spare time prepared it again
+
+
+def test_a_failing_preparation_is_logged_once_and_the_chunk_still_comes(tiny_checkpoint, tmp_path, ctx):
+    from engine.pipeline import WorldSession
+
+    calls = []
+
+    def broken_prepare(self, *args, **kwargs):
+        calls.append(self.context_key)
+        raise RuntimeError("no context today")
+
+    original = WorldSession.prepare
+    WorldSession.prepare = broken_prepare
+    try:
+        with inproc_server(tiny_checkpoint, tmp_path / "sessions") as server, \
+                RawClient(ctx, server.transport.address) as c:
+            caps, _, start = open_image_session(c)
+            wait_for(lambda: len(calls) == 1, timeout=30)
+            c.send(P.Heartbeat(t=0.0, seq=1))  # the loop went round since: the same context was not tried again
+            assert c.recv().type == "heartbeat" and len(calls) == 1
+            c.send(P.Trajectory(seq=1, w2c=forward_poses(start.w2c, caps.chunk_frames // 2), intrinsics=INTR))
+            done = c.recv_until(clip_done)[-1]
+            assert done.timings["retrieval"] > 0 and "prepared_ms" not in done.timings  # built in the chunk
+            wait_for(lambda: len(calls) >= 2, timeout=30)  # a new history: tried once more ...
+            c.send(P.Heartbeat(t=0.0, seq=2))
+            assert c.recv().type == "heartbeat"
+            time.sleep(0.3)  # ... and only once: the idle loop (20 ms) went round many times
+            assert len(calls) == 2 and calls[0] != calls[1]
+    finally:
+        WorldSession.prepare = original
 
 
 def test_sigkill_and_resume_loses_nothing_acknowledged(tiny_checkpoint, tmp_path, ctx):
