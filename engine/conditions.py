@@ -55,7 +55,7 @@ class PreparedContext:
     encoder_state: dict  # the VAE encoder's causal state after the history's control frame
     cache: ContextCache  # the DiT's keys/values of [references | history]
     decode: DecodeCache  # the VAE decoder's state after the history latent
-    ms: float  # how long preparing took
+    ms: float = 0.0  # how long preparing took (references included: set by the session)
 
 
 def video_tensor(rgb: np.ndarray | torch.Tensor, depth: np.ndarray | torch.Tensor | None, cfg: ModelConfig) -> torch.Tensor:
@@ -67,12 +67,25 @@ def video_tensor(rgb: np.ndarray | torch.Tensor, depth: np.ndarray | torch.Tenso
     return rgb[None]
 
 
-def _scene_video(out, cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """A render's scene video [1, C, F, H, W] and coverage [1, 1, F, H, W]."""
+def _render(model, memory, cameras: Sequence[geometry.Camera], point_size: float | None,
+            timings: dict[str, float] | None = None):
+    """The memory rendered at the model's resolution along `cameras` (timed as "render" when timings are given)."""
+    t0 = time.perf_counter()
+    out = render(memory, list(cameras), resolution=(model.cfg.width, model.cfg.height), point_size=point_size)
+    if timings is not None:
+        timings["render"] = (time.perf_counter() - t0) * 1e3
+    return out
+
+
+def _control_latents(model, out, state: dict | None = None) -> torch.Tensor:
+    """A render's control latents [1, 2z, f, h, w]: its scene video (RGB, + depth) and coverage through the VAE
+    (state: see `VideoVAE.encode_control`)."""
     scene = out.rgb.permute(1, 0, 2, 3)[None]  # [1, 3, F, H, W]
-    if cfg.depth_channel:
+    if model.cfg.depth_channel:
         scene = torch.cat([scene, out.depth.permute(1, 0, 2, 3)[None]], 1)
-    return scene, out.coverage.permute(1, 0, 2, 3)[None]
+    coverage = out.coverage.permute(1, 0, 2, 3)[None]  # [1, 1, F, H, W]
+    with torch.no_grad():
+        return model.vae.encode_control(scene.to(model.device), coverage.to(model.device), state=state)
 
 
 def encode_frames(model, history_rgb: np.ndarray, history_depth: np.ndarray | None, refs: Sequence,
@@ -118,19 +131,12 @@ def build_conditions(
 ) -> Conditions:
     """Encode one chunk's conditions. cameras: [history camera, *target cameras] at the model's resolution; refs:
     stored frames (.index, .rgb, .depth). ref_latent_cache: see `encode_frames`."""
-    cfg, vae, dev = model.cfg, model.vae, model.device
     timings = {} if timings is None else timings
-    t0 = time.perf_counter()
-    out = render(memory, list(cameras), resolution=(cfg.width, cfg.height), point_size=point_size)
-    timings["render"] = (time.perf_counter() - t0) * 1e3
+    out = _render(model, memory, cameras, point_size, timings)
     t0 = time.perf_counter()
     cache = {} if ref_latent_cache is None else ref_latent_cache
     history, ref_latents = encode_frames(model, history_rgb, history_depth, refs, cache, history_index)
-    control = None
-    if use_scene_video:
-        scene, coverage = _scene_video(out, cfg)
-        with torch.no_grad():
-            control = vae.encode_control(scene.to(dev), coverage.to(dev))
+    control = _control_latents(model, out) if use_scene_video else None
     timings["encode"] = (time.perf_counter() - t0) * 1e3
     return Conditions(history, ref_latents, control, out.rgb, out.depth, out.coverage, ref_ids)
 
@@ -145,37 +151,30 @@ def prepare_context(model, memory: SpatialMemory, history, refs: Sequence, ref_i
     if cfg.attention_layout != "context":
         raise ValueError(f"preparing a context needs attention_layout 'context'; model {cfg.name!r} is "
                          f"{cfg.attention_layout!r}")
-    t0 = time.perf_counter()
-    out = render(memory, [history.camera], resolution=(cfg.width, cfg.height), point_size=point_size)
+    out = _render(model, memory, [history.camera], point_size)
     hist_latent, ref_latents = encode_frames(model, history.rgb, history.depth, refs, ref_latent_cache, history.index)
-    scene, coverage = _scene_video(out, cfg)
     state: dict[Any, Any] = {}
+    control = _control_latents(model, out, state)  # [1, 2z, 1, h, w]
     cache = ContextCache()
     decode = vae.new_decode_cache()
     with torch.no_grad():
-        control = vae.encode_control(scene.to(dev), coverage.to(dev), state=state)  # [1, 2z, 1, h, w]
         dtype = next(dit.parameters()).dtype
         dit(hist_latent.to(dtype), torch.zeros(1, 1, device=dev),
             refs=None if ref_latents is None else ref_latents.to(dtype), control=control.to(dtype), cache=cache,
             history_frames=1)
         vae.decode_step(hist_latent, decode)
     cond = Conditions(hist_latent, ref_latents, control, out.rgb, out.depth, out.coverage, list(ref_ids))
-    return PreparedContext(key, cond, state, cache, decode, (time.perf_counter() - t0) * 1e3)
+    return PreparedContext(key, cond, state, cache, decode)
 
 
 def target_conditions(model, memory: SpatialMemory, targets: Sequence[geometry.Camera], ctx: PreparedContext,
                       point_size: float | None = None, timings: dict[str, float] | None = None) -> Conditions:
     """The chunk's full conditions from a prepared context and its target cameras: only the targets are rendered
     and encoded (the encoder's causal state carried on from the history's control frame; `ctx` stays reusable)."""
-    cfg, vae, dev = model.cfg, model.vae, model.device
     timings = {} if timings is None else timings
+    out = _render(model, memory, targets, point_size, timings)
     t0 = time.perf_counter()
-    out = render(memory, list(targets), resolution=(cfg.width, cfg.height), point_size=point_size)
-    timings["render"] = (time.perf_counter() - t0) * 1e3
-    t0 = time.perf_counter()
-    scene, coverage = _scene_video(out, cfg)
-    with torch.no_grad():
-        control = vae.encode_control(scene.to(dev), coverage.to(dev), state=dict(ctx.encoder_state))
+    control = _control_latents(model, out, dict(ctx.encoder_state))
     timings["encode"] = (time.perf_counter() - t0) * 1e3
     c = ctx.cond
     return Conditions(c.history, c.refs, torch.cat([c.control, control], 2), torch.cat([c.scene_rgb, out.rgb]),

@@ -451,6 +451,11 @@ class WorldSession:
         return ref_ids, [by_index[i] for i, _ in ref_ids]
 
     @property
+    def point_size(self) -> float:
+        """The scene video's point size for the next chunk (the release grows it with every clip)."""
+        return self.options.voxel_size + self.options.point_size_growth * self.clip
+
+    @property
     def context_key(self) -> tuple:
         """What a prepared context depends on besides the model: the history frame, the memory, the clip count."""
         return (self.last_frame.index, self.memory.version, self.clip)
@@ -484,9 +489,8 @@ class WorldSession:
             targets = [self.camera(p, intrinsics) for p in w2c]
         t0 = time.perf_counter()
         ref_ids, refs = self._retrieve(targets)
-        point_size = self.options.voxel_size + self.options.point_size_growth * self.clip
-        self._prepared = prepare_context(self.model, self.memory, history, refs, ref_ids, point_size, self._ref_cache,
-                                         key)
+        self._prepared = prepare_context(self.model, self.memory, history, refs, ref_ids, self.point_size,
+                                         self._ref_cache, key)
         self._prepared.ms = (time.perf_counter() - t0) * 1e3
         return self._prepared.ms
 
@@ -525,7 +529,7 @@ class WorldSession:
 
         # retrieval, scene video and latents: the prepared context when it fits (references chosen before the
         # poses came, history and its keys/values computed while waiting), else all of it now
-        point_size = opt.voxel_size + opt.point_size_growth * self.clip
+        point_size = self.point_size
         prepared = self._prepared if self.prepared else None
         if prepared is not None:
             timings["retrieval"] = 0.0
@@ -549,14 +553,12 @@ class WorldSession:
         t0 = time.perf_counter()
         try:
             with torch.no_grad():
-                if prepared is not None:  # every step runs the target tokens only
-                    latents = sample(model.dit, cfg, control=cond.control[:, :, 1:], context=prepared.cache,
-                                     target_frames=n_lat, steps=opt.steps, generator=self._generator,
-                                     callback=callback)
+                if prepared is not None:  # the context is in its cache: every step runs the target tokens only
+                    given = dict(control=cond.control[:, :, 1:], context=prepared.cache)
                 else:
-                    latents = sample(model.dit, cfg, history=cond.history, refs=cond.refs, control=cond.control,
-                                     target_frames=n_lat, steps=opt.steps, generator=self._generator,
-                                     callback=callback)
+                    given = dict(history=cond.history, refs=cond.refs, control=cond.control)
+                latents = sample(model.dit, cfg, **given, target_frames=n_lat, steps=opt.steps,
+                                 generator=self._generator, callback=callback)
         except SamplingCancelled as e:
             raise ChunkCancelled(str(e)) from e
         timings["sample"] = (time.perf_counter() - t0) * 1e3

@@ -58,8 +58,7 @@ DEFAULT_WALK = [
 ]
 # Stages of one clip as ClipDone reports them (pipeline order); sampler steps are added per step.
 PIPELINE_STAGES = ("retrieval", "render", "encode", "sample", "decode", "reconstruct", "segment", "update")
-# after the pipeline's total, before ClipDone goes out (prepare: the next chunk's context, see WorldSession.prepare)
-SERVER_STAGES = ("serialize_delta", "autosave", "prepare")
+SERVER_STAGES = ("serialize_delta", "autosave")  # after the pipeline's total, before ClipDone goes out
 # Untimed code between the pipeline's stages (array stacking, frame bookkeeping) measures ~0.2-0.5 ms per chunk;
 # a descheduled process (shared cores) can stretch it, so the stages must cover the total to within this.
 UNACCOUNTED_TOL_MS = 5.0

@@ -441,18 +441,18 @@ class VideoVAE(nn.Module):
         return self._encode_model_space(self.to_model_space(video), chunked)
 
     def _encode_model_space(self, x: torch.Tensor, chunked: bool, state: State | None = None) -> LatentDist:
-        self.cfg.video_to_latent_frames(x.shape[2])  # validates the frame count
-        state = {} if state is None else state
-        if chunked:
-            tc = self.cfg.temporal_compression
-            pieces = [x[:, :, :1]] + [x[:, :, i : i + tc] for i in range(1, x.shape[2], tc)]
-            h = torch.cat([self.encoder(p, state) for p in pieces], dim=2)
+        """Model-space video -> latent distribution. A non-empty state continues a streamed clip: x is a later part
+        of it, whole groups of temporal_compression frames, encoded group by group with the state carried on."""
+        tc = self.cfg.temporal_compression
+        if state:
+            if x.shape[2] % tc:
+                raise ValueError(f"a later part of a streamed clip needs a multiple of {tc} frames; got {x.shape[2]}")
+            pieces = [x[:, :, i : i + tc] for i in range(0, x.shape[2], tc)]
         else:
-            h = self.encoder(x, state)
-        return self._moments(h)
-
-    def _moments(self, h: torch.Tensor) -> LatentDist:
-        """Encoder features -> the normalised latent distribution."""
+            self.cfg.video_to_latent_frames(x.shape[2])  # validates the frame count
+            pieces = [x[:, :, :1]] + [x[:, :, i : i + tc] for i in range(1, x.shape[2], tc)] if chunked else [x]
+        state = {} if state is None else state
+        h = torch.cat([self.encoder(p, state) for p in pieces], dim=2)
         mean, logvar = self.to_moments(h).chunk(2, dim=1)
         shift, scale = self._latent_stats(mean)
         return LatentDist(mean, logvar.clamp(-30.0, 20.0), shift, scale)
@@ -472,14 +472,7 @@ class VideoVAE(nn.Module):
         x_scene = self.to_model_space(scene)
         mask_video = (mask.to(scene.dtype) * 2 - 1).expand(-1, self.cfg.video_channels, -1, -1, -1)
         x = torch.cat([x_scene, pixel_unshuffle(mask_video, self.cfg.vae_patch)], dim=0)
-        if state:  # a later part of a streamed clip: whole groups of frames, the causal state carried on
-            tc = self.cfg.temporal_compression
-            if x.shape[2] % tc:
-                raise ValueError(f"a later part of a streamed clip needs a multiple of {tc} frames; got {x.shape[2]}")
-            z = self._moments(torch.cat([self.encoder(x[:, :, i : i + tc], state)
-                                         for i in range(0, x.shape[2], tc)], dim=2)).mode()
-        else:
-            z = self._encode_model_space(x, chunked=state is not None, state=state).mode()
+        z = self._encode_model_space(x, chunked=state is not None, state=state).mode()
         return torch.cat(z.chunk(2, dim=0), dim=1)
 
     # ---- decode

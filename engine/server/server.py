@@ -291,8 +291,9 @@ class GenerationServer:
         traj = slot.newest.take()
         w2c, intr = session.check_trajectory(traj.w2c, traj.intrinsics)
         in_flight = self._in_flight if slot is self.active else None
-        # the rest of the old path: the poses being, and still to be, generated. A new path that starts on it
-        # continues it (the client keeps a moving camera fed; when generation lags, it starts further along).
+        # the rest of the old path: the poses being, and still to be, generated. A new path that starts on it and
+        # follows the chunk in flight continues it (the client keeps a moving camera fed; when generation lags, it
+        # starts further along).
         path = slot.queue if in_flight is None else np.concatenate([in_flight, slot.queue])
         if not continues_path(w2c, path, 0 if in_flight is None else len(in_flight)):  # a turn, a stop, a start
             slot.fresh = True
