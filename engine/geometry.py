@@ -124,6 +124,16 @@ def rotation_error(R: np.ndarray) -> np.ndarray:
     return np.maximum(ortho, np.abs(np.linalg.det(R) - 1.0))
 
 
+def pose_distance(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How far apart two w2c poses [..., 4, 4] are (broadcasting): (metres between the camera centres, degrees
+    between the views), each [...]."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    centre = lambda m: -np.einsum("...ji,...j->...i", m[..., :3, :3], m[..., :3, 3])  # noqa: E731  c = -R^T t
+    metres = np.linalg.norm(centre(a) - centre(b), axis=-1)
+    cos = (np.einsum("...ij,...ij->...", a[..., :3, :3], b[..., :3, :3]) - 1.0) / 2.0  # trace(R_a R_b^T)
+    return metres, np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
 def interpolate_se3(T0: np.ndarray, T1: np.ndarray, alpha: np.ndarray | float) -> np.ndarray:
     """Interpolate two poses: slerp on rotation, linear on the camera centre. alpha [N] -> [N, 4, 4].
 

@@ -35,6 +35,7 @@ import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
+from engine.geometry import pose_distance
 from engine.server.protocol import (MAX_MESSAGE_BYTES, Ack, Capabilities, Error, ErrorCode, Frame, Heartbeat, Hello,
                                     MemoryDelta, Message, ProtocolError, Resync, Trajectory, decode, encode)
 
@@ -399,12 +400,8 @@ class PoseStreamer:
         cur = self.current
         then = copy.deepcopy(cur.camera)
         then.update(max(0.0, now - cur.t_sent))  # closed form: the old input carried on until now
-        poses, old = camera.predict(n, self.fps), then.predict(n, self.fps)  # [n, 4, 4] each
-        centre = lambda m: -np.einsum("nji,nj->ni", m[:, :3, :3], m[:, :3, 3])  # noqa: E731  c = -R^T t
-        moved = np.linalg.norm(centre(poses) - centre(old), axis=1).max()
-        cos = (np.einsum("nij,nij->n", poses[:, :3, :3], old[:, :3, :3]) - 1.0) / 2.0  # trace(R_a R_b^T)
-        turned = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).max()
-        return bool(moved > self.config.position_tol_m or turned > self.config.angle_tol_deg)
+        moved, turned = pose_distance(camera.predict(n, self.fps), then.predict(n, self.fps))  # [n] each
+        return bool(moved.max() > self.config.position_tol_m or turned.max() > self.config.angle_tol_deg)
 
     def _send(self, camera: Camera, n: int, now: float, to_server, input_driven: bool) -> Trajectory:
         self.seq += 1

@@ -150,3 +150,14 @@ def test_bad_re10k_files(tmp_path):
         g.read_re10k(p)
     with pytest.raises(g.TrajectoryFileError, match="file not found"):
         g.read_re10k(tmp_path / "missing.txt")
+
+
+def test_pose_distance_is_centre_metres_and_view_degrees_broadcast():
+    a = g.look_at(np.zeros(3), np.array([0.0, 0.0, 1.0]))
+    yaw = np.radians(30)
+    b = g.look_at(np.array([3.0, 4.0, 0.0]), np.array([3.0 + np.sin(yaw), 4.0, np.cos(yaw)]))
+    metres, degrees = g.pose_distance(a, b)
+    assert metres == pytest.approx(5.0) and degrees == pytest.approx(30.0)
+    metres, degrees = g.pose_distance(a, np.stack([a, b]))  # one pose against many
+    np.testing.assert_allclose(metres, [0.0, 5.0], atol=1e-12)
+    np.testing.assert_allclose(degrees, [0.0, 30.0], atol=1e-6)

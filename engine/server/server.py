@@ -75,28 +75,19 @@ def to_wire_delta(delta: EngineDelta, voxel_size: float) -> P.MemoryDelta:
                          recolored_rgb=delta.recolored_rgb)
 
 
-def pose_distance(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(metres between the camera centres, degrees between the views) of two w2c poses [4, 4]."""
-    ca, cb = geometry.invert_se3(a), geometry.invert_se3(b)
-    cos = np.clip((np.trace(ca[:3, :3].T @ cb[:3, :3]) - 1) / 2, -1, 1)
-    return float(np.linalg.norm(ca[:3, 3] - cb[:3, 3])), float(np.degrees(np.arccos(cos)))
-
-
 def continues_path(new: np.ndarray, path: np.ndarray, in_flight: int) -> bool:
     """Does the path new [N, 4, 4] continue path [M, 4, 4], whose first `in_flight` poses are being generated?
 
     It must start near one of the path's poses (the nearest one, j) and, over the poses it shares with the chunk in
     flight (new[i] against path[j + i] for j + i < in_flight), stay on them."""
-    dists = [pose_distance(new[0], p) for p in path]
-    near = [i for i, (m, deg) in enumerate(dists) if m <= CONTINUE_DISTANCE_M and deg <= CONTINUE_ANGLE_DEG]
-    if not near:
+    metres, degrees = geometry.pose_distance(new[0], path)  # [M] each
+    near = np.flatnonzero((metres <= CONTINUE_DISTANCE_M) & (degrees <= CONTINUE_ANGLE_DEG))
+    if not len(near):
         return False
-    j = min(near, key=lambda i: dists[i][0] + dists[i][1] / CONTINUE_ANGLE_DEG * CONTINUE_DISTANCE_M)
-    for i in range(min(len(new), max(0, in_flight - j))):
-        m, deg = pose_distance(new[i], path[j + i])
-        if m > FOLLOW_DISTANCE_M or deg > FOLLOW_ANGLE_DEG:
-            return False
-    return True
+    j = int(near[np.argmin(metres[near] + degrees[near] / CONTINUE_ANGLE_DEG * CONTINUE_DISTANCE_M)])
+    shared = min(len(new), max(0, in_flight - j))  # poses of the new path over the chunk in flight
+    metres, degrees = geometry.pose_distance(new[:shared], path[j : j + shared])
+    return bool(np.all(metres <= FOLLOW_DISTANCE_M) and np.all(degrees <= FOLLOW_ANGLE_DEG))
 
 
 class GenerationServer:
