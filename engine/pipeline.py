@@ -36,6 +36,7 @@ from engine.memory.pointcloud import SpatialMemory
 from engine.memory.primitives import primitive_surface
 from engine.memory.render import render
 from engine.memory.retrieval import RETRIEVERS, Candidate, retrieve
+from engine.memory.update import depth_scale_to_memory, new_content
 from engine.model.checkpoint import load_checkpoint
 from engine.model.configs import ModelConfig
 from engine.model.sampler import SamplingCancelled, StepInfo, sample
@@ -121,6 +122,8 @@ class SessionOptions:
     # covers a pixel the frame was generated to agree with it, so re-inserting it adds only reconstruction noise
     # (floaters in front of good points, which then steer the next scene video).
     update_uncovered_only: bool = True
+    update_hole_px: int = 4  # with update_uncovered_only: gaps in the render up to this wide are not new content
+    update_align_depth: bool = True  # scale each frame's depth to the memory's on the pixels both cover
     depth_range: tuple[float, float] = (0.05, 40.0)  # depths trusted for memory updates (m)
     max_stored_frames: int = 2048  # retrieval candidates kept (oldest dropped beyond it)
     steps: int | None = None  # sampler steps (None: cfg.sample_steps)
@@ -148,6 +151,7 @@ class SessionOptions:
             ("retrieval", self.retrieval in RETRIEVERS), ("num_refs", self.num_refs is None or self.num_refs >= 0),
             ("voxel_size", self.voxel_size > 0), ("point_size_growth", self.point_size_growth >= 0),
             ("candidate_stride", self.candidate_stride >= 1), ("update_stride", self.update_stride >= 1),
+            ("update_hole_px", self.update_hole_px >= 0),
             ("retrieval_candidates", self.retrieval_candidates is None or self.retrieval_candidates >= 1),
             ("depth_range", 0 <= near < far), ("max_stored_frames", self.max_stored_frames >= 1),
             ("steps", self.steps is None or self.steps >= 1), ("seed", 0 <= self.seed < 2**63)) if not good]
@@ -614,8 +618,10 @@ class WorldSession:
         for i in range(0, n_new if opt.update_memory else 0, max(1, opt.update_stride)):
             keep = recon.valid[i] & ~dynamic[i]
             if opt.update_uncovered_only:
-                keep &= ~coverage[i]
-            depth_i = np.where(keep, recon.depth[i], np.nan).astype(np.float32)
+                keep &= new_content(coverage[i], opt.update_hole_px)
+            scale = (depth_scale_to_memory(recon.depth[i], recon.valid[i] & ~dynamic[i], scene_depth[i], coverage[i])
+                     if opt.update_align_depth else 1.0)
+            depth_i = np.where(keep, recon.depth[i] * scale, np.nan).astype(np.float32)
             delta = delta.merge(self.memory.insert_rgbd(rgb_arr[i], depth_i, Ks[i], poses[i], frame_id=first_index + i,
                                                         confidence=recon.confidence[i], depth_range=opt.depth_range))
         timings["update"] = (time.perf_counter() - t0) * 1e3
