@@ -117,6 +117,11 @@ class DitLossSettings:
     drop_refs: float = 0.1
     drop_scene: float = 0.1
     short_chunk: float = 0.0  # probability of a batch keeping one target latent (the short first chunk after a turn)
+    # Beyond the paper: with this probability a sample's history latent is degraded like the model's own output
+    # (blurred, then noised to a level drawn up to `history_corruption_max`), on top of t_aug. At inference the
+    # history is a generated frame; a model trained on true history copies it and ignores the scene video.
+    history_corruption: float = 0.0
+    history_corruption_max: float = 0.6
     logit_mean: float = 0.0
     logit_std: float = 1.0
 
@@ -162,14 +167,34 @@ def make_dit_loss(cfg: ModelConfig, vae: nn.Module | None, settings: DitLossSett
         noise = torch.stack([torch.randn(target.shape[1:], generator=g) for g in gens]).to(x0)
         hist_noise = torch.stack([torch.randn(hist.shape[1:], generator=g) for g in gens]).to(x0)
         hist_aug = apply_history_augmentation(hist, hist_noise, t_aug)
+        corrupted = 0.0
+        if st.history_corruption > 0:  # drawn after the paper's draws, so configs without it keep their streams
+            draws = torch.stack([torch.rand(2, generator=g) for g in gens]).to(x0)  # [B, 2]
+            level = torch.where(draws[:, 0] < st.history_corruption, draws[:, 1] * st.history_corruption_max, 0.0)
+            corrupt_noise = torch.stack([torch.randn(hist.shape[1:], generator=g) for g in gens]).to(x0)
+            hist_aug = corrupt_history(hist_aug, corrupt_noise, level)
+            corrupted = float((level > 0).float().mean())
         xt = (1 - t.view(-1, 1, 1, 1, 1)) * target + t.view(-1, 1, 1, 1, 1) * noise
         tt = torch.cat([torch.zeros(b, fh, device=x0.device), t[:, None].expand(b, target.shape[2])], 1)  # [B, Fh + Ft]
         v = dit(torch.cat([hist_aug, xt], 2), tt, refs=refs if use_refs else None, control=control if use_scene else None)
         loss = F.mse_loss(v[:, :, -target.shape[2]:].float(), (noise - target).float())  # output covers [refs | hist | target]
         return loss, {"t_aug": float(t_aug.mean()), "refs_on": float(use_refs), "scene_on": float(use_scene),
+                      "hist_corrupted": corrupted,
                       "targets": float(target.shape[2])}
 
     return loss_fn
+
+
+def corrupt_history(hist: torch.Tensor, noise: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """Degrade history latents [B, z, Fh, h, w] where level [B] > 0: a 3x3 blur of the latent grid (the detail a
+    generated frame lacks), then noise to `level` on the flow schedule; samples at level 0 are returned unchanged."""
+    b, z, f, h, w = hist.shape
+    flat = hist.permute(0, 2, 1, 3, 4).reshape(b * f, z, h, w)
+    blurred = F.avg_pool2d(flat, 3, stride=1, padding=1, count_include_pad=False)
+    blurred = blurred.reshape(b, f, z, h, w).permute(0, 2, 1, 3, 4)
+    t = level.view(-1, 1, 1, 1, 1)
+    out = (1 - t) * blurred + t * noise
+    return torch.where(t > 0, out, hist)
 
 
 def apply_history_augmentation(hist: torch.Tensor, noise: torch.Tensor, t_aug: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,8 @@ import torch
 from engine.model.dit import SpatiaDiT
 from engine.model.vae import VideoVAE
 from engine.train.cache import CachedSamples, build_cache
-from engine.train.dit import DitLossSettings, SampleSettings, SpatiaSamples, apply_history_augmentation, make_dit_loss
+from engine.train.dit import (DitLossSettings, SampleSettings, SpatiaSamples, apply_history_augmentation, corrupt_history,
+                              make_dit_loss)
 from engine.train.loop import Trainer, TrainSettings
 from engine.train.vae import VaeClips, make_vae_loss, vae_clip_frames
 from engine.world.dataset import DatasetConfig, build_dataset
@@ -72,6 +73,26 @@ def test_history_augmentation_stays_in_range_and_touches_only_history():
     # short chunks: the batch keeps the history and the first target latent, control cut to match
     loss, logs = make_dit_loss(cfg, None, DitLossSettings(short_chunk=1.0))(Spy(), batch)
     assert logs["targets"] == 1 and seen["x"].shape[2] == 2 and torch.isfinite(loss)
+    # history corruption changes the history only, and leaves every earlier draw (t, t_aug, noise) as it was
+    make_dit_loss(cfg, None)(Spy(), batch)
+    plain = seen["x"]
+    _, logs = make_dit_loss(cfg, None, DitLossSettings(history_corruption=1.0))(Spy(), batch)
+    assert logs["hist_corrupted"] == 1.0
+    torch.testing.assert_close(seen["x"][:, :, fh:], plain[:, :, fh:])
+    assert (seen["x"][:, :, :fh] - plain[:, :, :fh]).abs().mean() > 0.05
+
+
+def test_corrupt_history_blurs_and_noises_only_chosen_samples():
+    hist = torch.zeros(3, 2, 1, 6, 6)
+    hist[:, :, :, 3, 3] = 9.0  # one bright latent pixel
+    noise = torch.ones_like(hist)
+    out = corrupt_history(hist, noise, torch.tensor([0.0, 0.5, 1.0]))
+    torch.testing.assert_close(out[0], hist[0])  # level 0: untouched
+    torch.testing.assert_close(out[2], noise[2])  # level 1: all noise
+    # level 0.5: half a 3x3 blur (the bright pixel spread over its 9 neighbours) plus half the noise
+    torch.testing.assert_close(out[1, :, :, 3, 3], torch.full((2, 1), 0.5 * 1.0 + 0.5 * 1.0))
+    torch.testing.assert_close(out[1, :, :, 2, 4], torch.full((2, 1), 0.5 * 1.0 + 0.5 * 1.0))
+    torch.testing.assert_close(out[1, :, :, 0, 0], torch.full((2, 1), 0.5))
 
 
 def test_vae_stage_loss_falls(world32, tmp_path):
