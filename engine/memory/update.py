@@ -29,10 +29,10 @@ def new_content(coverage: np.ndarray, hole_px: int) -> np.ndarray:
     coverage = np.asarray(coverage, bool)
     if hole_px <= 0:
         return ~coverage
-    structure = np.ones((2 * hole_px + 1, 2 * hole_px + 1), bool)
-    closed = ndimage.binary_dilation(coverage, structure, border_value=0)
-    closed = ndimage.binary_erosion(closed, structure, border_value=1)
-    return ~(closed | coverage)
+    size = 2 * hole_px + 1  # square footprints: scipy filters them separably, one pass per axis
+    closed = ndimage.maximum_filter(coverage.view(np.uint8), size=size, mode="constant", cval=0)
+    closed = ndimage.minimum_filter(closed, size=size, mode="constant", cval=1)
+    return ~(closed.astype(bool) | coverage)
 
 
 def depth_scale_to_memory(depth: np.ndarray, valid: np.ndarray, render_depth: np.ndarray,
