@@ -188,6 +188,19 @@ def run(args: argparse.Namespace) -> dict:
         f"are skipped exactly, their IoU being 0; bound by the ICPs (tens of ms each, NN queries and KD-tree "
         f"builds inside open3d)")
 
+    # the update rule (engine.memory.update) on one render: which pixels are new content, and the depth scale
+    from engine.memory.update import depth_scale_to_memory, new_content
+
+    seen = render(mem, cams[:1])
+    cov = seen.coverage[0, 0].numpy() > 0.5
+    rdepth = seen.depth[0, 0].numpy()
+    fdepth = rdepth * 1.2  # a frame whose depth is 20% too far
+    result["update_rule_ms_per_frame"] = round(median_ms(
+        lambda: (new_content(cov, 4), depth_scale_to_memory(fdepth, cov, rdepth, cov)), warmup=2, repeat=20,
+        sync=False), 3)
+    result["update_rule_note"] = (f"{size}x{size}: gap closing (separable 9x9 max/min filters) and a median depth "
+                                  f"ratio over {int(cov.sum())} covered pixels; a few passes over the frame's bytes")
+
     # insert, last because it grows the memory: fresh views (new poses) into the memory holding `points`
     # points; each timed once, median taken
     views = room_views(2 * repeat + 2, size, args.seed + 7)

@@ -136,8 +136,9 @@ def test_memory_benchmark_runs_tiny():
     args = parser.parse_args(["--points", "3000", "--size", "32", "--batch", "2", "--candidates", "6",
                               "--alg1-candidates", "3", "--targets", "14", "--repeat", "1", "--no-tune"])
     result = bench.run(args)
-    for key in ("insert_mpts_per_s", "render_ms_per_frame_256", "retrieval_ms_1000", "retrieval_alg1_ms_100"):
+    for key in ("insert_mpts_per_s", "render_ms_per_frame_256", "retrieval_ms_1000", "retrieval_alg1_ms_100",
+                "update_rule_ms_per_frame"):
         assert result[key] > 0, key
         assert result[key.replace("_mpts_per_s", "").replace("_ms_per_frame_256", "").replace("_ms_1000", "")
-                      .replace("_ms_100", "") + "_note"]
+                      .replace("_ms_100", "").replace("_ms_per_frame", "") + "_note"]
     assert result["memory_points"] == 3000 and result["machine"]["cores"] >= 1
