@@ -174,6 +174,17 @@ def forward_poses(start_w2c, n, step=0.04, offset=1):
     return np.stack(out)
 
 
+def turn_poses(start_w2c, n, deg_per_frame=6.0, offset=1):
+    """n poses turning on the spot (yaw about the camera's up axis) from the start camera: each shows new space."""
+    out = []
+    for i in range(offset, offset + n):
+        a = np.radians(deg_per_frame * i)
+        turn = np.eye(4)
+        turn[:3, :3] = [[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]
+        out.append(turn @ start_w2c)
+    return np.stack(out)
+
+
 @contextlib.contextmanager
 def inproc_server(checkpoint, sessions, address="tcp://127.0.0.1:*", send_hwm=None, **kwargs):
     """A GenerationServer in a thread of this process (for settings `spatia serve` does not expose)."""

@@ -16,7 +16,7 @@ from engine.pipeline import WorldModel, WorldSession
 from engine.server import protocol as P
 
 from .helpers import (INTR, RawClient, ServerProc, forward_poses, inproc_server, kill, kill_and_resume,
-                      open_image_session, open_session, wait_for)
+                      open_image_session, open_session, turn_poses, wait_for)
 
 
 def test_sigkill_mid_clip_then_resume_keeps_everything_acknowledged(tiny_checkpoint, tmp_path, ctx):
@@ -59,7 +59,8 @@ def test_sigkill_mid_clip_then_resume_keeps_everything_acknowledged(tiny_checkpo
         ids = sorted(points)
         np.testing.assert_array_equal(resumed.added_ids[order], ids)
         np.testing.assert_array_equal(resumed.added_xyz[order], np.array([points[i] for i in ids], np.float32))
-        c.send(P.Trajectory(seq=3, w2c=forward_poses(start.w2c, n, offset=n + 1), intrinsics=INTR))
+        # turning shows space the memory has not seen, so the clip adds points to the resumed memory
+        c.send(P.Trajectory(seq=3, w2c=turn_poses(start.w2c, n), intrinsics=INTR))
         msgs = c.recv_path(n)
         frames = [m for m in msgs if m.type == "frame"]
         # the video continues after the last completed clip: the killed clip's frames are generated again
