@@ -455,6 +455,14 @@ class WorldSession:
         return ref_ids, [by_index[i] for i, _ in ref_ids]
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of the session's data in memory: the spatial memory (with its indexes), the stored frames and their
+        cached latents. (A prepared context adds a few MB while it is current.)"""
+        frames = sum(f.rgb.nbytes + (0 if f.depth is None else f.depth.nbytes) for f in self.frames)
+        latents = sum(t.numel() * t.element_size() for t in self._ref_cache.values())
+        return self.memory.nbytes + frames + latents
+
+    @property
     def point_size(self) -> float:
         """The scene video's point size for the next chunk (the release grows it with every clip)."""
         return self.options.voxel_size + self.options.point_size_growth * self.clip

@@ -4,10 +4,12 @@
 PoseStreamer and CameraController, walked by a script) and, on top of their trajectories, has each send an edit
 every `--edit-every-s` (a primitive inserted, then undone: each needs an autosave and an Ack). It reports:
 
-- memory: the server's RSS (VmRSS of /proc/<pid>/status) sampled every `--sample-s`, against the size of the
-  sessions' own data (their autosave folders: memory points and stored frames, which grow by design as the walk
-  adds frames). `unexplained_growth_mb` is RSS growth after warm-up minus session-data growth; the server keeps
-  freed heap (engine.runtime.tune_process), so its RSS is a high-water mark and a leak shows as steady growth;
+- memory: the server's RSS (VmRSS of /proc/<pid>/status) sampled every `--sample-s`, against the sessions' own
+  data, which grows by design as the walk adds frames: their bytes in memory as the server reports them in
+  `<sessions>/status.json` (`WorldSession.nbytes`: points at allocated capacity, the voxel and id indexes, stored
+  frames, cached latents), and for reference their autosave folders (~3x smaller: no indexes, no spare capacity).
+  `unexplained_growth_mb` is RSS growth after warm-up minus in-memory session-data growth; the server keeps freed
+  heap (engine.runtime.tune_process), so its RSS is a high-water mark and a leak shows as steady growth;
 - stalls: the longest gap between two messages reaching an explorer (the server answers heartbeats between sampler
   steps, so a gap longer than `--stall-s` means the loop stopped);
 - answers: every edit gets an Ack or an Error; every trajectory is answered by frames or overtaken by a newer one
@@ -143,6 +145,14 @@ def _fit_slope(t: list[float], y: list[float]) -> float:
     return float(np.polyfit(np.asarray(t), np.asarray(y), 1)[0])
 
 
+def reported_session_bytes(sessions_dir: Path) -> float:
+    """The live sessions' in-memory bytes from the server's status file (NaN when it is missing or unreadable)."""
+    try:
+        return float(json.loads((sessions_dir / "status.json").read_text())["session_bytes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return float("nan")
+
+
 def run(args: argparse.Namespace) -> dict:
     from engine.bench.timing import machine_info
 
@@ -151,7 +161,7 @@ def run(args: argparse.Namespace) -> dict:
     model = str(resolve_model(args.model))
     walk = load_walk(None)
     workdir = Path(tempfile.mkdtemp(prefix="spatia-load-"))
-    samples: list[tuple[float, float, float]] = []  # (s since start, RSS MiB, sessions' data MiB)
+    samples: list[tuple[float, float, float, float]] = []  # (s since start, RSS, autosaves, sessions in memory) MiB
     t_start = [0.0]
     try:
         with ServerChild(model, workdir, "eager", args.threads) as server:
@@ -169,7 +179,8 @@ def run(args: argparse.Namespace) -> dict:
                     if now >= next_sample[0]:
                         rss = server.rss_bytes() / 2**20
                         data = folder_bytes(workdir / "sessions" / "autosave") / 2**20
-                        samples.append((now - t_start[0], rss, data))
+                        in_memory = reported_session_bytes(workdir / "sessions") / 2**20
+                        samples.append((now - t_start[0], rss, data, in_memory))
                         next_sample[0] = now + args.sample_s
 
                 t_start[0] = time.time()
@@ -205,10 +216,13 @@ def summarize(clients: list[LoadClient], samples, args, complete: bool) -> dict:
     t = [s[0] for s in samples]
     rss = [s[1] for s in samples]
     data = [s[2] for s in samples]
+    in_memory = [s[3] for s in samples if np.isfinite(s[3])]
     half = len(samples) // 2
     growth = (rss[-1] - rss[0]) if rss else 0.0
     data_growth = (data[-1] - data[0]) if data else 0.0
-    unexplained = growth - data_growth
+    memory_growth = (in_memory[-1] - in_memory[0]) if len(in_memory) >= 2 else None
+    # against the sessions' bytes in memory when the server reported them, else (an older server) their autosaves
+    unexplained = growth - (data_growth if memory_growth is None else memory_growth)
     t0 = clients[0].measure_t0
     by_minute: dict[str, list[dict[str, float]]] = {}
     for c in clients:
@@ -245,6 +259,9 @@ def summarize(clients: list[LoadClient], samples, args, complete: bool) -> dict:
                    "slope_mb_per_min_2nd_half": _fit_slope(t[half:], rss[half:]) * 60},
         "sessions_data_mb": {"start": data[0] if data else None, "end": data[-1] if data else None,
                              "slope_mb_per_min_2nd_half": _fit_slope(t[half:], data[half:]) * 60},
+        "sessions_in_memory_mb": {"start": in_memory[0] if in_memory else None,
+                                  "end": in_memory[-1] if in_memory else None,
+                                  "reported": memory_growth is not None},
         "unexplained_growth_mb": unexplained,
         "stages_ms_by_minute": stage_trend,
         "errors": [e for c in clients for e in c.rec.errors][:20],
@@ -264,7 +281,8 @@ def plot(samples, clients: list[LoadClient], t0: float, path: Path) -> Path:
     ax1, ax2 = fig.subplots(1, 2)
     t = [s[0] for s in samples]
     ax1.plot(t, [s[1] for s in samples], label="server RSS")
-    ax1.plot(t, [s[2] for s in samples], label="sessions' data (autosaves)")
+    ax1.plot(t, [s[3] for s in samples], label="sessions' data in memory (server's status)")
+    ax1.plot(t, [s[2] for s in samples], label="sessions' autosaves")
     ax1.set_xlabel("s")
     ax1.set_ylabel("MiB")
     ax1.legend(fontsize=7)

@@ -52,6 +52,11 @@ class Int64HashMap:
         return self._live
 
     @property
+    def nbytes(self) -> int:
+        """Bytes held by the table (every slot, used or not)."""
+        return self._keys.nbytes + self._vals.nbytes
+
+    @property
     def table_size(self) -> int:
         return 1 << self._bits
 
@@ -194,6 +199,11 @@ class IdIndex:
 
     def __len__(self) -> int:
         return self._n - self._dead
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the index (its whole capacity)."""
+        return self._ids.nbytes + self._rows.nbytes
 
     def append(self, ids: np.ndarray, rows: np.ndarray) -> None:
         """Add ids that are increasing and larger than every id added before."""

@@ -254,6 +254,14 @@ class SpatialMemory:
     def __len__(self) -> int:
         return self._n
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the memory holds: its columns at their allocated capacity, the voxel and id indexes and the
+        change log (what a process's RSS should track, unlike the saved file's size)."""
+        columns = sum(c.nbytes for c in self._cols.values())
+        log = sum(e.removed.nbytes + e.recolored.nbytes for e in self._log)
+        return columns + self._voxels.nbytes + self._rows.nbytes + log
+
     def __repr__(self) -> str:
         return (f"SpatialMemory({self._n} points, voxel_size={self.voxel_size}, capacity={self.capacity}, "
                 f"version={self._version})")

@@ -14,11 +14,16 @@ With `resume=True` a client whose identity has an autosave gets its session back
 Bounded resources: per-client send queues are capped by the transport's high-water mark (transport.SEND_HWM: a slow
 reader loses frames, not the server's memory), a trajectory replaces the queued poses rather than adding to them,
 and idle sessions are evicted (after an autosave) once `max_sessions` is reached.
+
+Status: every `status_every_s` the server writes `<sessions>/status.json` (atomically): its counters and each live
+session's in-memory bytes (`WorldSession.nbytes`), so a soak can tell the growth of session data from a leak.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +98,8 @@ def continues_path(new: np.ndarray, path: np.ndarray, in_flight: int) -> bool:
 class GenerationServer:
     def __init__(self, model: WorldModel, transport, sessions_dir: str | Path, backend: str = "eager",
                  options: SessionOptions | None = None, resume: bool = False, autosave_interval_s: float = 2.0,
-                 max_sessions: int = 16, client_timeout_s: float = 30.0, short_chunks: bool = True):
+                 max_sessions: int = 16, client_timeout_s: float = 30.0, short_chunks: bool = True,
+                 status_every_s: float = 1.0):
         self.model, self.transport, self.backend = model, transport, backend
         self.options = options or SessionOptions()
         self.sessions_dir = Path(sessions_dir)
@@ -107,6 +113,9 @@ class GenerationServer:
         self._poller = zmq.Poller()
         self._poller.register(self.transport.socket, zmq.POLLIN)
         self.stats = {"messages": 0, "errors": 0, "chunks": 0, "cancelled": 0, "frames": 0}
+        self.status_every_s = status_every_s
+        self._status_due = 0.0
+        self._status_failed = False
 
     # ------------------------------------------------------------------ sending
     def send(self, slot_or_client, msg: P.Message) -> None:
@@ -417,6 +426,28 @@ class GenerationServer:
             idle = self._next_slot() is None and not self.prepare_idle()
             self.pump(idle_poll_ms if idle else 0)
             self.generate_once()
+            if time.monotonic() >= self._status_due:
+                self.write_status()
+
+    def write_status(self) -> dict:
+        """Write `<sessions>/status.json` (atomically) with the counters and each live session's in-memory bytes;
+        returns what it wrote. A failed write is logged, never raised (the status is for observers)."""
+        self._status_due = time.monotonic() + self.status_every_s
+        sessions = [{"key": slot.key[:8], "bytes": slot.session.nbytes, "points": len(slot.session.memory),
+                     "frames": slot.session.num_frames} for slot in self.slots.values() if slot.session is not None]
+        status = {"time": time.time(), "pid": os.getpid(), **self.stats, "sessions": sessions,
+                  "session_bytes": sum(x["bytes"] for x in sessions)}
+        path = self.sessions_dir / "status.json"
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(status))
+            os.replace(tmp, path)
+            self._status_failed = False
+        except OSError as e:
+            if not self._status_failed:  # once per failing streak (a full disk would fail every second)
+                log.warning("could not write %s: %s", path, e)
+            self._status_failed = True
+        return status
 
     def close(self) -> None:
         for slot in self.slots.values():

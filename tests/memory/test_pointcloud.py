@@ -418,3 +418,15 @@ def test_batch_deduplication_falls_back_for_widely_spread_batches():
     got = {tuple(p): tuple(c) for p, c in zip(mem.xyz.tolist(), mem.rgb.tolist())}
     assert got[tuple((far[0] + 0.001).tolist())] == (6, 7, 8)  # the more confident copy won
     assert got[tuple(far[1].tolist())] == (3, 4, 5)
+
+
+def test_nbytes_counts_columns_at_capacity_indexes_and_log():
+    mem = SpatialMemory(voxel_size=0.05)
+    empty = mem.nbytes
+    rng = np.random.default_rng(0)
+    mem.insert_points(rng.uniform(0, 3, (5000, 3)).astype(np.float32), rng.integers(0, 255, (5000, 3), dtype=np.uint8))
+    live = sum(a.nbytes for a in (mem.xyz, mem.rgb, mem.confidence, mem.frame_id, mem.ids))
+    assert mem.nbytes >= empty + live  # spare capacity and the hash tables come on top
+    grown = mem.nbytes
+    mem.remove_ids(mem.ids[:100])
+    assert mem.nbytes >= grown  # removing keeps the allocation and logs the removed ids

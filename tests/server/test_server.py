@@ -156,6 +156,30 @@ def test_an_idle_server_prepares_the_next_chunk_and_an_edit_makes_it_stale(tiny_
         wait_for(lambda: session().prepared, timeout=30)  # ... and spare time prepared it again
 
 
+def test_the_server_reports_its_sessions_in_memory_bytes(tiny_checkpoint, tmp_path, ctx):
+    import json
+
+    from engine.bench.load import reported_session_bytes
+
+    status_file = tmp_path / "sessions" / "status.json"
+    assert np.isnan(reported_session_bytes(tmp_path / "sessions"))  # no status yet: unknown, not zero
+    with inproc_server(tiny_checkpoint, tmp_path / "sessions") as server, \
+            RawClient(ctx, server.transport.address) as c:
+        caps, full, start = open_image_session(c)
+        wait_for(lambda: status_file.exists() and json.loads(status_file.read_text())["sessions"], timeout=30)
+        first = json.loads(status_file.read_text())
+        session = next(iter(server.slots.values())).session
+        assert first["sessions"][0]["points"] == len(full.added_ids)
+        # the memory at its allocated capacity, with its indexes, and the stored start frame at least
+        assert first["session_bytes"] >= full.added_xyz.nbytes + session.frames[0].rgb.nbytes
+        c.send(P.Trajectory(seq=1, w2c=forward_poses(start.w2c, caps.chunk_frames), intrinsics=INTR))
+        c.recv_until(clip_done)
+        wait_for(lambda: json.loads(status_file.read_text())["chunks"] >= 1, timeout=30)
+        after = json.loads(status_file.read_text())
+        assert after["session_bytes"] > first["session_bytes"]  # new stored frames and their latents
+        assert reported_session_bytes(tmp_path / "sessions") == after["session_bytes"]
+
+
 def test_a_failing_preparation_is_logged_once_and_the_chunk_still_comes(tiny_checkpoint, tmp_path, ctx):
     from engine.pipeline import WorldSession
 
