@@ -85,7 +85,8 @@ def run_worker(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     server = GenerationServer(model, transport, args.sessions, backend=backend, resume=args.resume,
-                              options=SessionOptions(retrieval=args.retrieval), short_chunks=not args.no_short_chunks)
+                              options=SessionOptions(retrieval=args.retrieval), short_chunks=not args.no_short_chunks,
+                              status_name=f"status-{args.worker_name}.json" if args.worker_of else "status.json")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -15,8 +15,9 @@ Bounded resources: per-client send queues are capped by the transport's high-wat
 reader loses frames, not the server's memory), a trajectory replaces the queued poses rather than adding to them,
 and idle sessions are evicted (after an autosave) once `max_sessions` is reached.
 
-Status: every `status_every_s` the server writes `<sessions>/status.json` (atomically): its counters and each live
-session's in-memory bytes (`WorldSession.nbytes`), so a soak can tell the growth of session data from a leak.
+Status: every `status_every_s` the server writes `<sessions>/status.json` (`status-<worker>.json` for a broker's
+workers; atomically): its counters and each live session's in-memory bytes (`WorldSession.nbytes`), so a soak can
+tell the growth of session data from a leak.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class GenerationServer:
     def __init__(self, model: WorldModel, transport, sessions_dir: str | Path, backend: str = "eager",
                  options: SessionOptions | None = None, resume: bool = False, autosave_interval_s: float = 2.0,
                  max_sessions: int = 16, client_timeout_s: float = 30.0, short_chunks: bool = True,
-                 status_every_s: float = 1.0):
+                 status_every_s: float = 1.0, status_name: str = "status.json"):
         self.model, self.transport, self.backend = model, transport, backend
         self.options = options or SessionOptions()
         self.sessions_dir = Path(sessions_dir)
@@ -113,7 +114,7 @@ class GenerationServer:
         self._poller = zmq.Poller()
         self._poller.register(self.transport.socket, zmq.POLLIN)
         self.stats = {"messages": 0, "errors": 0, "chunks": 0, "cancelled": 0, "frames": 0}
-        self.status_every_s = status_every_s
+        self.status_every_s, self.status_name = status_every_s, status_name
         self._status_due = 0.0
         self._status_failed = False
 
@@ -437,7 +438,7 @@ class GenerationServer:
                      "frames": slot.session.num_frames} for slot in self.slots.values() if slot.session is not None]
         status = {"time": time.time(), "pid": os.getpid(), **self.stats, "sessions": sessions,
                   "session_bytes": sum(x["bytes"] for x in sessions)}
-        path = self.sessions_dir / "status.json"
+        path = self.sessions_dir / self.status_name
         try:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(status))

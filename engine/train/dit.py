@@ -8,7 +8,10 @@ frames from after the target clip, as when a camera comes back to a place it has
 
 The loss (flow matching, logit-normal t) follows the notes: the preceding-frame latents get the augmentation
 t_aug ~ U[0, 50] / 1000 on the same schedule (training only; the DiT still sees them at t = 0, as at inference),
-and references, scene video and text are dropped at random for robustness and guidance. The VAE is frozen.
+and references, scene video and text are dropped at random for robustness and guidance. Beyond the notes, an
+optional history corruption (`DitLossSettings.history_corruption`) blurs and noises the history latent of a share of
+samples, so the model learns to take what the scene video covers from it rather than from a history frame that, at
+inference, is its own imperfect output. The VAE is frozen.
 """
 
 from __future__ import annotations
