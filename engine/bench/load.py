@@ -7,7 +7,7 @@ every `--edit-every-s` (a primitive inserted, then undone: each needs an autosav
 - memory: the server's RSS (VmRSS of /proc/<pid>/status) sampled every `--sample-s`, against the sessions' own
   data, which grows by design as the walk adds frames: their bytes in memory as the server reports them in
   `<sessions>/status.json` (`WorldSession.nbytes`: points at allocated capacity, the voxel and id indexes, stored
-  frames, cached latents), and for reference their autosave folders (~3x smaller: no indexes, no spare capacity).
+  frames, cached latents), and for reference their autosave folders (~2.5x smaller: no indexes, no spare capacity).
   `unexplained_growth_mb` is RSS growth after warm-up minus in-memory session-data growth; the server keeps freed
   heap (engine.runtime.tune_process), so its RSS is a high-water mark and a leak shows as steady growth;
 - stalls: the longest gap between two messages reaching an explorer (the server answers heartbeats between sampler

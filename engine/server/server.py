@@ -431,7 +431,7 @@ class GenerationServer:
                 self.write_status()
 
     def write_status(self) -> dict:
-        """Write `<sessions>/status.json` (atomically) with the counters and each live session's in-memory bytes;
+        """Write `<sessions>/<status_name>` (atomically) with the counters and each live session's in-memory bytes;
         returns what it wrote. A failed write is logged, never raised (the status is for observers)."""
         self._status_due = time.monotonic() + self.status_every_s
         sessions = [{"key": slot.key[:8], "bytes": slot.session.nbytes, "points": len(slot.session.memory),
