@@ -624,10 +624,9 @@ class WorldSession:
         t0 = time.perf_counter()
         delta = MemoryDelta.empty(self.memory.version)
         for i in range(0, n_new if opt.update_memory else 0, max(1, opt.update_stride)):
-            keep = recon.valid[i] & ~dynamic[i]
-            if opt.update_uncovered_only:
-                keep &= new_content(coverage[i], opt.update_hole_px)
-            scale = (depth_scale_to_memory(recon.depth[i], recon.valid[i] & ~dynamic[i], scene_depth[i], coverage[i])
+            static = recon.valid[i] & ~dynamic[i]
+            keep = static & new_content(coverage[i], opt.update_hole_px) if opt.update_uncovered_only else static
+            scale = (depth_scale_to_memory(recon.depth[i], static, scene_depth[i], coverage[i])
                      if opt.update_align_depth else 1.0)
             depth_i = np.where(keep, recon.depth[i] * scale, np.nan).astype(np.float32)
             delta = delta.merge(self.memory.insert_rgbd(rgb_arr[i], depth_i, Ks[i], poses[i], frame_id=first_index + i,

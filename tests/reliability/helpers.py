@@ -174,15 +174,21 @@ def forward_poses(start_w2c, n, step=0.04, offset=1):
     return np.stack(out)
 
 
-def turn_poses(start_w2c, n, deg_per_frame=6.0, offset=1):
-    """n poses turning on the spot (yaw about the camera's up axis) from the start camera: each shows new space."""
+def yawed(poses, deg_per_frame, offset=0):
+    """The same camera centres, pose i turned (yaw about its own up axis) by deg_per_frame * (i + offset)."""
     out = []
-    for i in range(offset, offset + n):
-        a = np.radians(deg_per_frame * i)
-        turn = np.eye(4)
-        turn[:3, :3] = [[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]
-        out.append(turn @ start_w2c)
+    for i, w2c in enumerate(poses):
+        c2w = geometry.invert_se3(w2c)
+        a = np.radians(deg_per_frame * (i + offset))
+        rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+        c2w[:3, :3] = c2w[:3, :3] @ rot
+        out.append(geometry.invert_se3(c2w))
     return np.stack(out)
+
+
+def turn_poses(start_w2c, n, deg_per_frame=6.0, offset=1):
+    """n poses turning on the spot from the start camera: each shows new space."""
+    return yawed(np.repeat(np.asarray(start_w2c)[None], n, 0), deg_per_frame, offset)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ import zmq
 
 from engine.server import protocol as P
 from tests.reliability.helpers import (INTR, RawClient, ServerProc, forward_poses, inproc_server, kill_and_resume,
-                                      open_image_session, wait_for)
+                                      open_image_session, wait_for, yawed)
 
 
 def clip_done(msg) -> bool:
@@ -113,25 +113,14 @@ def test_a_path_that_continues_the_one_in_flight_does_not_cancel_it(tiny_checkpo
 
 
 def test_continues_path_needs_the_new_path_to_follow_the_chunk_in_flight():
-    from engine import geometry
     from engine.server.server import continues_path
 
     walk = forward_poses(np.eye(4), 16)  # 4 cm per frame; the first 8 poses are in flight, 8 queued
-
-    def turned(poses, deg_per_frame):  # the same centres, the view yawing a little more every frame
-        out = []
-        for i, w2c in enumerate(poses):
-            c2w = geometry.invert_se3(w2c)
-            a = np.radians(deg_per_frame * i)
-            rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
-            c2w[:3, :3] = c2w[:3, :3] @ rot
-            out.append(geometry.invert_se3(c2w))
-        return np.stack(out)
-
+    # yawed: the same centres, the view turning a little more every frame
     assert continues_path(walk[3:11], walk, in_flight=8)  # still on the path
-    assert not continues_path(turned(walk[3:11], 5.0), walk, in_flight=8)  # a turn that begins on the path
-    assert continues_path(turned(walk[3:11], 0.15), walk, in_flight=8)  # within the follow tolerance
-    assert continues_path(turned(walk[10:], 5.0), walk, in_flight=8)  # lagging: it starts past the chunk in flight
+    assert not continues_path(yawed(walk[3:11], 5.0), walk, in_flight=8)  # a turn that begins on the path
+    assert continues_path(yawed(walk[3:11], 0.15), walk, in_flight=8)  # within the follow tolerance
+    assert continues_path(yawed(walk[10:], 5.0), walk, in_flight=8)  # lagging: it starts past the chunk in flight
     assert not continues_path(forward_poses(np.eye(4), 8, step=-0.3), walk, in_flight=8)  # somewhere else
     stop = np.repeat(walk[3:4], 8, axis=0)  # the user stopped where the chunk in flight walks on
     assert not continues_path(stop, walk, in_flight=8)
