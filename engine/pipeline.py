@@ -65,8 +65,12 @@ class WorldModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
-    def load(cls, name_or_path: str | Path, device: str = "cpu") -> "WorldModel":
-        """A shipped model by name (`models/<name>/`) or a checkpoint folder written by `save_checkpoint`."""
+    def load(cls, name_or_path: str | Path, device: str = "cpu", dit_dtype: torch.dtype | None = None) -> "WorldModel":
+        """A shipped model by name (`models/<name>/`) or a checkpoint folder written by `save_checkpoint`.
+
+        Both networks compute in float32 (shipped weights may be stored in float16 to stay small); dit_dtype runs
+        the DiT in another precision (float16 or bfloat16 on a GPU): the sampler casts its inputs and integrates in
+        float32, and the VAE stays in float32."""
         path = Path(name_or_path)
         if not path.exists():
             path = MODELS_DIR / str(name_or_path)
@@ -76,10 +80,11 @@ class WorldModel:
                 f"no model checkpoint at {name_or_path!r} (looked for {path / 'config.json'}); shipped models: "
                 f"{shipped or 'none'}; train one with `spatia train`"
             )
-        # shipped weights may be stored in float16 to stay small; a CPU computes in float32
-        ckpt = load_checkpoint(path, device=device, dtype=torch.float32 if str(device) == "cpu" else None)
+        ckpt = load_checkpoint(path, device=device, dtype=torch.float32)
         if ckpt.vae is None or ckpt.dit is None:
             raise FileNotFoundError(f"checkpoint {path} lacks the {'vae' if ckpt.vae is None else 'dit'} weights")
+        if dit_dtype is not None:
+            ckpt.dit.to(dit_dtype)
         return cls(ckpt.cfg, ckpt.vae.eval(), ckpt.dit.eval(), name=path.name, device=torch.device(device))
 
     @classmethod
@@ -571,6 +576,7 @@ class WorldSession:
                     given = dict(history=cond.history, refs=cond.refs, control=cond.control)
                 latents = sample(model.dit, cfg, **given, target_frames=n_lat, steps=opt.steps,
                                  generator=self._generator, callback=callback)
+                latents = latents.to(cond.history.dtype)  # the DiT's precision -> the VAE's (history came from it)
         except SamplingCancelled as e:
             raise ChunkCancelled(str(e)) from e
         timings["sample"] = (time.perf_counter() - t0) * 1e3

@@ -83,6 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-wait-policy", choices=("spin", "passive"), default="spin",
                         help="OpenMP wait policy of the server: spin (OpenMP's default, a server that owns its cores) "
                              "or passive (as when the explorer's viewer shares them)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                        help="the server's DiT precision (float16/bfloat16 for a GPU)")
     parser.add_argument("--walk", type=Path, default=None, help="walk script (explorer script JSON; default built in)")
     parser.add_argument("--seed", type=int, default=0, help="procedural scene of the first explorer (+i for the i-th)")
     parser.add_argument("--out", type=Path, default=Path("out/bench-e2e"), help="folder for JSON and PNGs")
@@ -108,10 +110,10 @@ class ServerChild:
     """`spatia serve` as a child process on a free loopback port (explorer.client.LocalServer), stopped on exit."""
 
     def __init__(self, model: str, workdir: Path, backend: str = "eager", threads: int | None = None,
-                 extra: tuple[str, ...] = (), wait_policy: str = "spin"):
+                 extra: tuple[str, ...] = (), wait_policy: str = "spin", dtype: str = "float32"):
         from explorer.client import LocalServer
 
-        args = ["--backend", backend, "--log-level", "WARNING", *extra]
+        args = ["--backend", backend, "--dtype", dtype, "--log-level", "WARNING", *extra]
         if threads:
             args += ["--threads", str(threads)]
         env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}  # spin: OpenMP's default
@@ -651,6 +653,7 @@ def run(args: argparse.Namespace) -> dict:
         "load_average_1m": os.getloadavg()[0],
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),  # of this (client) process
         "server_wait_policy": args.server_wait_policy,
+        "dtype": args.dtype,
         "walk": "default (forward, turn, stop, turn back, walk back)" if args.walk is None else str(args.walk),
         "goals": GOALS,
         "runs": runs,
@@ -678,7 +681,8 @@ def run(args: argparse.Namespace) -> dict:
 def _runs_on_one_server(spec: ModelSpec, backend: str, base: dict, clients_list: list[int], walk, args,
                         workdir: Path) -> list[dict]:
     runs = []
-    server = ServerChild(spec.path, workdir, backend, args.threads, wait_policy=args.server_wait_policy)
+    server = ServerChild(spec.path, workdir, backend, args.threads, wait_policy=args.server_wait_policy,
+                         dtype=args.dtype)
     with server:
         for i, m in enumerate(clients_list):
             try:

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    parser.add_argument("--backend", default="eager", choices=("eager", "compile", "tensorrt"),
+                        help="how the DiT runs (engine.model.backends); the VAE runs eager")
     parser.add_argument("--peak-size", type=int, default=2048, help="matrix size of the matmul peak measurement")
 
 
@@ -57,6 +59,7 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from engine.bench.timing import machine_info, matmul_peak_gflops, synchronize
+    from engine.model.backends import apply_backend
     from engine.model.configs import ModelConfig
     from engine.model.dit import SpatiaDiT
     from engine.model.sampler import sample
@@ -73,6 +76,9 @@ def run(args: argparse.Namespace) -> dict:
     with torch.device(device):
         dit = SpatiaDiT(cfg).to(dtype).eval()
         vae = VideoVAE(cfg).to(dtype).eval()
+    params_dit = sum(p.numel() for p in dit.parameters())
+    eager_dit = dit
+    dit, backend = apply_backend(dit, cfg, args.backend)
 
     g = torch.Generator().manual_seed(0)
     c, h, w = cfg.latent_channels, cfg.latent_height, cfg.latent_width
@@ -88,12 +94,19 @@ def run(args: argparse.Namespace) -> dict:
     passes = 1 if cfg.cfg_scale == 1.0 else 2
 
     with torch.no_grad():
-        def sampling(cached: bool = True, step_times: list | None = None):
-            return sample(dit, cfg, history=history, refs=refs, control=control, text=text, steps=steps,
+        def sampling(cached: bool = True, step_times: list | None = None, net=dit):
+            return sample(net, cfg, history=history, refs=refs, control=control, text=text, steps=steps,
                           solver=args.solver, generator=torch.Generator().manual_seed(1), context_cache=cached,
                           callback=None if step_times is None else lambda info: step_times.append(info.step_ms))
 
-        flops_sample = count_flops(sampling)
+        flops_sample = count_flops(lambda: sampling(net=eager_dit))
+        compile_s = 0.0
+        if backend != "eager":  # the first calls build the compiled graphs: timed apart, never in the medians
+            t0 = time.perf_counter()
+            sampling(True)
+            sampling(False)
+            synchronize()
+            compile_s = time.perf_counter() - t0
         z = rand(1, c, fh + ft, h, w)
         clip_frames = cfg.latent_to_video_frames(fh + ft)
         scene = torch.rand(1, cfg.video_channels, clip_frames, cfg.height, cfg.width, generator=g).to(device, dtype)
@@ -141,7 +154,7 @@ def run(args: argparse.Namespace) -> dict:
             encode_times.append(timed(lambda: vae.encode_control(scene, mask)))
 
     chunk_ms = statistics.median(chunk_times)
-    peak = matmul_peak_gflops(args.peak_size)
+    peak = matmul_peak_gflops(args.peak_size, device=str(device), dtype=dtype)
     step_ms = statistics.median(step_times)  # one sampler step: `passes` DiT forwards + the solver update
     decode_ms = statistics.median(decode_times)
     sample_ms = statistics.median(sample_times)
@@ -152,8 +165,10 @@ def run(args: argparse.Namespace) -> dict:
         "config": cfg.name,
         "device": str(device),
         "dtype": args.dtype,
+        "backend": backend,
+        "compile_s": round(compile_s, 1),
         "resolution": [cfg.height, cfg.width],
-        "params_dit": sum(p.numel() for p in dit.parameters()),
+        "params_dit": params_dit,
         "params_vae": sum(p.numel() for p in vae.parameters()),
         "tokens": (cfg.num_refs + fh + ft) * cfg.tokens_per_frame,
         "steps": steps,

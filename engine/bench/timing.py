@@ -33,13 +33,14 @@ def median_ms(fn: Callable[[], object], warmup: int = 2, repeat: int = 5, sync: 
     return statistics.median(times)
 
 
-def matmul_peak_gflops(n: int = 2048, repeat: int = 5) -> float:
-    """Measured fp32 matmul throughput of this machine (the practical compute ceiling for dense work)."""
+def matmul_peak_gflops(n: int = 2048, repeat: int = 5, device: str | None = None, dtype=None) -> float:
+    """Measured matmul throughput (the practical compute ceiling for dense work): n x n matrices of `dtype`
+    (default float32) on `device` (default cuda where present, else cpu)."""
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     ms = median_ms(lambda: a @ b, warmup=2, repeat=repeat)
     return 2 * n**3 / (ms / 1e3) / 1e9
 

@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bind", default=DEFAULT_BIND, help="ZeroMQ endpoint; non-loopback needs --keys")
     parser.add_argument("--backend", default="auto", choices=("auto", "eager", "compile", "tensorrt"))
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                        help="the DiT's precision (float16/bfloat16 for a GPU; the VAE stays in float32)")
     parser.add_argument("--sessions", default="sessions", help="directory for autosaves and saved sessions")
     parser.add_argument("--resume", action="store_true", help="restore autosaved sessions when their clients return")
     parser.add_argument("--workers", type=int, default=1, help="worker processes behind a load-balancing broker")
@@ -53,7 +55,7 @@ def _load_model(args):
     tune_process()
     set_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = WorldModel.load(args.model, device=device)
+    model = WorldModel.load(args.model, device=device, dit_dtype=getattr(torch, args.dtype))
     model.dit, backend = apply_backend(model.dit, model.cfg, args.backend)
     return model, backend
 
@@ -130,7 +132,8 @@ def run_broker(args: argparse.Namespace) -> int:
                 env["CUDA_VISIBLE_DEVICES"] = str(i % torch.cuda.device_count())  # one GPU per worker
         cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", args.model, "--backend", args.backend,
                "--sessions", args.sessions, "--worker-of", broker.backend_address, "--worker-name", f"w{i}",
-               "--threads", str(threads), "--retrieval", args.retrieval, "--log-level", args.log_level]
+               "--threads", str(threads), "--retrieval", args.retrieval, "--log-level", args.log_level,
+               "--dtype", args.dtype]
         if args.no_short_chunks:
             cmd.append("--no-short-chunks")
         if args.resume:
