@@ -596,6 +596,7 @@ def model_specs(args, workdir: Path) -> list[ModelSpec]:
 
 def backend_unavailable(name: str) -> str | None:
     """Why a backend cannot run here, or None."""
+    import importlib.util
     import shutil as _shutil
 
     from engine.model.backends import BACKENDS, tensorrt_available
@@ -603,7 +604,12 @@ def backend_unavailable(name: str) -> str | None:
     if name not in BACKENDS or name == "auto":
         return f"unknown backend {name!r} (eager, compile, tensorrt)"
     if name == "tensorrt" and not tensorrt_available():
-        return "tensorrt needs an NVIDIA GPU and torch_tensorrt; neither is present on this machine"
+        import torch
+
+        missing = [what for what, there in (("an NVIDIA GPU", torch.cuda.is_available()),
+                                            ("torch_tensorrt", importlib.util.find_spec("torch_tensorrt")))
+                   if not there]
+        return f"tensorrt needs an NVIDIA GPU and torch_tensorrt; missing here: {' and '.join(missing)}"
     if name == "compile":
         import torch
 
