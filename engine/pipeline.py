@@ -513,11 +513,12 @@ class WorldSession:
 
     def generate_chunk(self, w2c: np.ndarray, intrinsics: np.ndarray, prompt: str | None = None,
                        on_frame: FrameCallback | None = None, should_stop: Callable[[], bool] | None = None,
-                       latent_frames: int | None = None) -> ChunkResult:
+                       latent_frames: int | None = None, steps: int | None = None) -> ChunkResult:
         """One chunk of `chunk_frames` frames along w2c [<= chunk_frames, 4, 4] (padded with its last pose).
 
         latent_frames (1 .. cfg.chunk_latent_frames, default all) shortens the chunk to latent_frames *
         temporal_compression frames: less work before the first frame (the server's short chunk after a turn).
+        steps: sampler steps of this chunk (default: options.steps, else the model's).
 
         on_frame(index, rgb [H, W, 3], depth [H, W] | None, w2c [4, 4], timings) is called as each frame is decoded.
         should_stop() is polled after retrieval, after the conditions and between sampler steps (everything before
@@ -528,6 +529,9 @@ class WorldSession:
         n_lat = cfg.chunk_latent_frames if latent_frames is None else int(latent_frames)
         if not 1 <= n_lat <= cfg.chunk_latent_frames:
             raise PipelineError(f"latent_frames must be in [1, {cfg.chunk_latent_frames}], got {latent_frames}")
+        steps = opt.steps if steps is None else steps
+        if steps is not None and not (isinstance(steps, int) and steps >= 1):
+            raise PipelineError(f"steps must be an integer >= 1, got {steps!r}")
         chunk_frames = n_lat * cfg.temporal_compression
         if len(w2c) > chunk_frames:
             raise PipelineError(f"a chunk takes at most {chunk_frames} poses, got {len(w2c)}; use step()")
@@ -574,7 +578,7 @@ class WorldSession:
                     given = dict(control=cond.control[:, :, 1:], context=prepared.cache)
                 else:
                     given = dict(history=cond.history, refs=cond.refs, control=cond.control)
-                latents = sample(model.dit, cfg, **given, target_frames=n_lat, steps=opt.steps,
+                latents = sample(model.dit, cfg, **given, target_frames=n_lat, steps=steps,
                                  generator=self._generator, callback=callback)
                 latents = latents.to(cond.history.dtype)  # the DiT's precision -> the VAE's (history came from it)
         except SamplingCancelled as e:

@@ -204,6 +204,12 @@ def test_short_chunk_and_each_stored_frame_is_encoded_once(model):
         assert short.first_frame + tc - 1 in session._ref_cache
     finally:
         model.vae.encode = encode
+    one_step = session.generate_chunk(np.stack([turn(np.eye(4), 20 + i) for i in range(tc)]), INTR, latent_frames=1,
+                                      steps=1)
+    assert "step_0" in one_step.timings and "step_1" not in one_step.timings  # a chunk's own sampler steps
+    assert "step_1" in full.timings  # the model's (tiny test config: 2)
+    with pytest.raises(PipelineError, match="steps must be an integer >= 1"):
+        session.generate_chunk(np.eye(4)[None], INTR, steps=0)
     with pytest.raises(PipelineError, match="latent_frames must be in"):
         session.generate_chunk(np.eye(4)[None], INTR, latent_frames=0)
     with pytest.raises(PipelineError, match=f"at most {tc} poses"):

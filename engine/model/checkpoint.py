@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from engine.files import write_text_atomic
 from engine.model.configs import ModelConfig
 
 FORMAT, VERSION = "spatia-model", 1
@@ -99,9 +100,7 @@ def save_checkpoint(
         "lora": _lora_info(dit),
         "extra": extra or {},
     }
-    tmp = path / ".config.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, path / "config.json")
+    write_text_atomic(path / "config.json", json.dumps(meta, indent=2))
     return path
 
 

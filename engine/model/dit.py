@@ -268,6 +268,7 @@ class SpatiaDiT(nn.Module):
         hh = hh + gh * is_ref[:, None, None]  # references sit below the video grid in height
         return torch.stack([tt, hh, ww], dim=-1).reshape(-1, 3)
 
+    @torch.compiler.disable  # a compiled graph guarding on this dict's keys would be invalidated as it fills
     def _rope(self, k: int, f: int, gh: int, gw: int, device) -> torch.Tensor:
         """Complex RoPE rotations of the layout, cached per (K, F, grid, device): a chunk reuses them every step."""
         key = (k, f, gh, gw, str(device))

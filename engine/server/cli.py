@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-short-chunks", action="store_true",
                         help="always generate full chunks (default: the first chunk after a turn is one latent "
                              "frame long, for a faster first frame)")
+    parser.add_argument("--short-chunk-steps", type=int, default=1,
+                        help="sampler steps of the short first chunk (default 1: its first frame sooner; 0: the "
+                             "model's steps, as full chunks)")
     parser.add_argument("--log-level", default="INFO")
     # internal: how the broker starts its workers
     parser.add_argument("--worker-of", default=None, help=argparse.SUPPRESS)
@@ -40,15 +43,20 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    if args.short_chunk_steps < 0:
+        print(f"error: --short-chunk-steps must be >= 0, got {args.short_chunk_steps}", file=sys.stderr)
+        return 2
     if args.workers > 1 and not args.worker_of:
         return run_broker(args)
     return run_worker(args)
 
 
 def _load_model(args):
+    import logging
+
     import torch
 
-    from engine.model.backends import apply_backend
+    from engine.model.backends import apply_backend, warm_up
     from engine.pipeline import WorldModel
     from engine.runtime import set_threads, tune_process
 
@@ -57,6 +65,10 @@ def _load_model(args):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = WorldModel.load(args.model, device=device, dit_dtype=getattr(torch, args.dtype))
     model.dit, backend = apply_backend(model.dit, model.cfg, args.backend)
+    if backend != "eager":  # compiled graphs are built now, not in the middle of someone's walk
+        logging.getLogger("spatia.serve").info("warming up the %s backend ...", backend)
+        seconds = warm_up(model.dit, model.cfg)
+        logging.getLogger("spatia.serve").info("warm-up took %.1f s", seconds)
     return model, backend
 
 
@@ -88,6 +100,7 @@ def run_worker(args: argparse.Namespace) -> int:
         return 2
     server = GenerationServer(model, transport, args.sessions, backend=backend, resume=args.resume,
                               options=SessionOptions(retrieval=args.retrieval), short_chunks=not args.no_short_chunks,
+                              short_chunk_steps=args.short_chunk_steps or None,
                               status_name=f"status-{args.worker_name}.json" if args.worker_of else "status.json")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -133,7 +146,7 @@ def run_broker(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", args.model, "--backend", args.backend,
                "--sessions", args.sessions, "--worker-of", broker.backend_address, "--worker-name", f"w{i}",
                "--threads", str(threads), "--retrieval", args.retrieval, "--log-level", args.log_level,
-               "--dtype", args.dtype]
+               "--dtype", args.dtype, "--short-chunk-steps", str(args.short_chunk_steps)]
         if args.no_short_chunks:
             cmd.append("--no-short-chunks")
         if args.resume:

@@ -33,6 +33,7 @@ import numpy as np
 import zmq
 
 from engine import geometry
+from engine.files import write_text_atomic
 from engine.memory.delta import MemoryDelta as EngineDelta
 from engine.pipeline import ChunkCancelled, PipelineError, SessionOptions, WorldModel, WorldSession
 from engine.server import protocol as P
@@ -100,7 +101,7 @@ class GenerationServer:
     def __init__(self, model: WorldModel, transport, sessions_dir: str | Path, backend: str = "eager",
                  options: SessionOptions | None = None, resume: bool = False, autosave_interval_s: float = 2.0,
                  max_sessions: int = 16, client_timeout_s: float = 30.0, short_chunks: bool = True,
-                 status_every_s: float = 1.0, status_name: str = "status.json"):
+                 short_chunk_steps: int | None = None, status_every_s: float = 1.0, status_name: str = "status.json"):
         self.model, self.transport, self.backend = model, transport, backend
         self.options = options or SessionOptions()
         self.sessions_dir = Path(sessions_dir)
@@ -109,6 +110,7 @@ class GenerationServer:
         self.resume, self.autosave_interval_s = resume, autosave_interval_s
         self.max_sessions, self.client_timeout_s = max_sessions, client_timeout_s
         self.short_chunks = short_chunks  # a fresh path's first chunk has one latent frame (earlier first frame)
+        self.short_chunk_steps = short_chunk_steps  # sampler steps of that chunk (None: the session's)
         self.slots: dict[bytes, Slot] = {}
         self.active: Slot | None = None  # the slot whose chunk is being generated
         self._poller = zmq.Poller()
@@ -370,7 +372,8 @@ class GenerationServer:
 
         try:
             result = session.generate_chunk(poses, slot.intrinsics, on_frame=on_frame, should_stop=should_stop,
-                                            latent_frames=latent_frames)
+                                            latent_frames=latent_frames,
+                                            steps=self.short_chunk_steps if latent_frames else None)
         except ChunkCancelled:
             self.stats["cancelled"] += 1
             return True
@@ -440,9 +443,7 @@ class GenerationServer:
                   "session_bytes": sum(x["bytes"] for x in sessions)}
         path = self.sessions_dir / self.status_name
         try:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(status))
-            os.replace(tmp, path)
+            write_text_atomic(path, json.dumps(status))
             self._status_failed = False
         except OSError as e:
             if not self._status_failed:  # once per failing streak (a full disk would fail every second)

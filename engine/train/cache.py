@@ -14,13 +14,13 @@ memory maps:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from engine.files import write_text_atomic
 from engine.model.configs import ModelConfig
 
 FORMAT = "spatia-dit-cache"
@@ -78,9 +78,7 @@ def build_cache(samples: Dataset, vae: torch.nn.Module, cfg: ModelConfig, out: s
         for a in arrays.values():
             a.flush()
         meta["done"] = done
-        tmp = meta_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, meta_file)  # progress is recorded only after the data it counts is on disk
+        write_text_atomic(meta_file, json.dumps(meta))  # progress is recorded only after the data it counts is on disk
         bar.update(n)
     bar.close()
     return out

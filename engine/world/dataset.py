@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.files import write_text_atomic
 from engine.geometry import TrajectoryFileError, read_intrinsics_txt, read_w2c_txt, write_intrinsics_txt, write_w2c_txt
 
 FORMAT_NAME = "spatia-world"
@@ -171,9 +172,7 @@ def _write_root_file(cfg: DatasetConfig, root: Path) -> None:
     names = sorted(p.name for p in root.glob(f"{SEQ_PREFIX}*") if is_complete(p))
     info = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": json.loads(json.dumps(asdict(cfg))),
             "config_identity": cfg.identity(), "sequences": len(names)}
-    tmp = root / f"{TMP_PREFIX}{ROOT_FILE}"
-    tmp.write_text(json.dumps(info, indent=1) + "\n")
-    os.replace(tmp, root / ROOT_FILE)
+    write_text_atomic(root / ROOT_FILE, json.dumps(info, indent=1) + "\n", tmp=root / f"{TMP_PREFIX}{ROOT_FILE}")
 
 
 def build_dataset(cfg: DatasetConfig, root: str | Path, workers: int = 1, progress: bool = True) -> dict:

@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from engine.model.backends import BackendUnavailable, apply_backend, resolve_backend, tensorrt_available
+from engine.model.backends import (BackendUnavailable, apply_backend, resolve_backend, tensorrt_available, warm_up,
+                                   warm_up_shapes)
 from engine.model.dit import SpatiaDiT
 from engine.model.backends.tensorrt import example_inputs
 from tests.conftest import tiny_test_config
@@ -53,3 +54,52 @@ def test_tensorrt_matches_eager(tmp_path):
     assert name == "tensorrt"
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)  # fp16 engine against fp32 eager
     assert list(tmp_path.glob("dit-*.ep"))  # the engine is cached on disk
+
+
+def test_warm_up_runs_the_dit_on_every_shape_a_session_brings():
+    cfg = tiny_test_config()
+    dit = SpatiaDiT(cfg).eval()
+    seen = set()
+
+    def record(module, args, kwargs):
+        refs = kwargs.get("refs")
+        cached = kwargs.get("cache") is not None and kwargs["cache"].filled
+        seen.add((0 if refs is None else refs.shape[2], args[0].shape[2], cached))
+
+    dit.register_forward_pre_hook(record, with_kwargs=True)
+    assert warm_up_shapes(cfg) == [(k, f) for k in range(cfg.num_refs + 1) for f in (1, cfg.chunk_latent_frames)]
+    assert warm_up(dit, cfg) > 0
+    fh = cfg.history_latent_frames
+    for k, f in warm_up_shapes(cfg):
+        assert (k, fh + f, False) in seen  # the step that fills the context cache: references + history + targets
+        assert (0, f, True) in seen  # the cached steps: the targets alone
+
+
+def test_compile_warm_up_leaves_nothing_to_compile_during_a_session(monkeypatch):
+    """After `warm_up`, chunks of every shape a session brings reuse graphs: a recompile in the middle of a walk
+    stalls it for seconds (seen on a GPU before the RoPE cache was kept out of the graphs). Dynamo alone is enough
+    to see recompiles, so the graphs run eagerly here instead of being code-generated."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from engine.model.sampler import sample
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: compile_(module, backend="eager", **kw))
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = tiny_test_config(num_refs=1)  # shapes: 0 or 1 reference x a short or a full chunk
+    torch.manual_seed(0)
+    dit, name = apply_backend(SpatiaDiT(cfg).eval(), cfg, "compile")
+    warm_up(dit, cfg)
+    built = counters["frames"]["total"]
+    assert built >= len(warm_up_shapes(cfg))
+    z, h, w = cfg.latent_channels, cfg.latent_height, cfg.latent_width
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for k, f in reversed(warm_up_shapes(cfg)):  # another order than the warm-up's
+            sample(dit, cfg, history=torch.randn(1, z, 1, h, w, generator=g),
+                   refs=torch.randn(1, z, k, h, w, generator=g) if k else None,
+                   control=torch.randn(1, 2 * z, 1 + f, h, w, generator=g), target_frames=f, generator=g)
+    assert counters["frames"]["total"] == built  # nothing compiled after the warm-up
+    torch._dynamo.reset()

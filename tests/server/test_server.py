@@ -108,6 +108,9 @@ def test_a_path_that_continues_the_one_in_flight_does_not_cancel_it(tiny_checkpo
         frames = [m for m in msgs if m.type == "frame"]
         done = [m for m in msgs if m.type == "clip_done"]
         assert [d.num_frames for d in done[:2]] == [n // 2, n]  # nothing cancelled, no second short chunk
+        # the short chunk samples in one step (the server's default short_chunk_steps), the full one in the model's
+        assert [sorted(k for k in d.timings if k.startswith("step_")) for d in done[:2]] == [
+            ["step_0"], ["step_0", "step_1"]]
         assert [f.seq for f in frames[: n // 2]] == [1] * (n // 2) and all(f.seq == 2 for f in frames[n // 2:])
         np.testing.assert_allclose(frames[n // 2].w2c, walk[2 * n])  # it jumped ahead to the new start
 

@@ -2,7 +2,8 @@
 `tensorrt` (torch-tensorrt, NVIDIA only). Chosen by name in entry points, never at import time; TensorRT is imported
 only when asked for, and a machine without it gets a clear error naming what is missing.
 
-    dit = apply_backend(dit, cfg, "auto")   # tensorrt where present on a GPU, else eager
+    dit, name = apply_backend(dit, cfg, "auto")   # tensorrt where present on a GPU, else eager
+    seconds = warm_up(dit, cfg)                   # build compiled graphs for every shape a session brings
 """
 
 from __future__ import annotations
@@ -36,7 +37,47 @@ def apply_backend(dit: torch.nn.Module, cfg, name: str, cache_dir=None) -> tuple
     if name == "eager":
         return dit, name
     if name == "compile":
+        # one graph per chunk shape (warm_up builds them all before serving): room for every shape's filling and
+        # cached steps and the pieces between graph breaks, beyond which dynamo would run the DiT eagerly
+        import torch._dynamo
+
+        config = torch._dynamo.config
+        limit_name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, limit_name, max(getattr(config, limit_name), 4 * len(warm_up_shapes(cfg))))
         return torch.compile(dit, dynamic=False, fullgraph=False), name
     from engine.model.backends.tensorrt import compile_tensorrt
 
     return compile_tensorrt(dit, cfg, cache_dir=cache_dir), name
+
+
+def warm_up_shapes(cfg) -> list[tuple[int, int]]:
+    """(references, target latent frames) of every chunk a session can ask the DiT for: 0 .. num_refs references
+    (a young session has fewer stored frames), a short chunk (1 latent frame) and a full one."""
+    targets = sorted({1, cfg.chunk_latent_frames})
+    return [(k, f) for k in range(cfg.num_refs + 1) for f in targets]
+
+
+def warm_up(dit: torch.nn.Module, cfg, steps: int | None = None, seed: int = 0) -> float:
+    """Sample one chunk of random latents for each of `warm_up_shapes(cfg)`, so a compiled backend builds its
+    graphs before the server answers anyone (otherwise the first chunks of a walk stall for seconds). Returns the
+    seconds it took."""
+    import time
+
+    from engine.model.sampler import sample
+
+    param = next(dit.parameters())
+    g = torch.Generator().manual_seed(seed)
+    z, h, w, fh = cfg.latent_channels, cfg.latent_height, cfg.latent_width, cfg.history_latent_frames
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(param.device, param.dtype)
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for k, f in warm_up_shapes(cfg):
+            sample(dit, cfg, history=rand(1, z, fh, h, w) if fh else None, refs=rand(1, z, k, h, w) if k else None,
+                   control=rand(1, cfg.control_in_channels, fh + f, h, w), target_frames=f, steps=steps,
+                   text=rand(1, cfg.text_len, cfg.text_dim) if cfg.text_dim is not None else None, generator=g)
+    if param.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
