@@ -18,7 +18,8 @@ exactly like the app, so what is measured is the real loop:
   wall clock because they run on one machine.
 The stages are checked to add up to the pipeline's total (see `stage_breakdown`).
 
-Runs cover the backends (eager, compile; tensorrt where present, else skipped with the reason), the shipped model
+Runs cover the backends (eager; compile on a GPU, on a CPU only with SPATIA_BENCH_CPU_COMPILE=1, since its server
+builds a graph per chunk shape before answering; tensorrt where present; else skipped with the reason), the shipped model
 (`--model`, default `tiny`) and preset configs with random weights (`--configs tiny,small`: speed does not depend
 on weight values), and 1, 2, 4 concurrent explorers. A config whose first chunk exceeds `--budget-s` is reported as
 skipped with its measured time. Results: one JSON object (printed, and written to --out with three PNG plots: a
@@ -613,8 +614,12 @@ def backend_unavailable(name: str) -> str | None:
     if name == "compile":
         import torch
 
-        if not torch.cuda.is_available() and _shutil.which("g++") is None and _shutil.which("clang++") is None:
-            return "torch.compile on CPU needs a C++ compiler (g++ or clang++); none found"
+        if not torch.cuda.is_available():
+            if _shutil.which("g++") is None and _shutil.which("clang++") is None:
+                return "torch.compile on CPU needs a C++ compiler (g++ or clang++); none found"
+            if not os.environ.get("SPATIA_BENCH_CPU_COMPILE"):
+                return ("torch.compile on a CPU: the server builds a graph for every chunk shape before it answers, "
+                        "minutes on a few cores (one shape took 79 s on 2); set SPATIA_BENCH_CPU_COMPILE=1 to time it")
     return None
 
 

@@ -3,8 +3,10 @@
 import argparse
 import json
 import os
+import shutil
 
 import pytest
+import torch
 
 from engine.bench import e2e
 
@@ -105,3 +107,14 @@ def test_bad_arguments_get_clear_errors(tmp_path):
     with pytest.raises(ScriptError, match="camera input only"):
         e2e.load_walk(walk)
     assert "unknown backend" in e2e.backend_unavailable("warp")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU compile is timed like eager")
+def test_compile_on_a_cpu_is_skipped_with_its_reason_unless_asked_for(monkeypatch):
+    """The server builds a compiled graph for every chunk shape before it answers: minutes on a CPU."""
+    monkeypatch.delenv("SPATIA_BENCH_CPU_COMPILE", raising=False)
+    reason = e2e.backend_unavailable("compile")
+    assert reason and "torch.compile on" in reason
+    monkeypatch.setenv("SPATIA_BENCH_CPU_COMPILE", "1")
+    if shutil.which("g++") or shutil.which("clang++"):
+        assert e2e.backend_unavailable("compile") is None
