@@ -247,6 +247,7 @@ class WorldSession:
         self.segmenter = get_segmenter(self.options.segmentation) if self.options.segmentation else None
         self._ref_cache: dict[int, torch.Tensor] = {}
         self._prepared: PreparedContext | None = None  # the next chunk's context, see prepare()
+        self._last_ref_ids: list[tuple[int, float]] = []  # the references of the last chunk: (frame index, score)
         self._undo: list[Callable[[], MemoryDelta]] = []
         self._generator = torch.Generator().manual_seed(self.options.seed)
 
@@ -289,6 +290,7 @@ class WorldSession:
         self.frames, self.num_frames, self.clip = [], 0, 0
         self._ref_cache.clear()
         self._prepared = None
+        self._last_ref_ids = []
         self._undo.clear()
         if self.segmenter is not None:
             self.segmenter.reset()
@@ -459,6 +461,12 @@ class WorldSession:
         by_index = {f.index: f for f in self.frames}
         return ref_ids, [by_index[i] for i, _ in ref_ids]
 
+    def _previous_refs(self) -> tuple[list[tuple[int, float]], list[StoredFrame]]:
+        """The last chunk's references that are still stored, as `_retrieve` returns them."""
+        by_index = {f.index: f for f in self.frames}
+        ref_ids = [(i, score) for i, score in self._last_ref_ids if i in by_index]
+        return ref_ids, [by_index[i] for i, _ in ref_ids]
+
     @property
     def nbytes(self) -> int:
         """Bytes of the session's data in memory: the spatial memory (with its indexes), the stored frames and their
@@ -513,12 +521,15 @@ class WorldSession:
 
     def generate_chunk(self, w2c: np.ndarray, intrinsics: np.ndarray, prompt: str | None = None,
                        on_frame: FrameCallback | None = None, should_stop: Callable[[], bool] | None = None,
-                       latent_frames: int | None = None, steps: int | None = None) -> ChunkResult:
+                       latent_frames: int | None = None, steps: int | None = None,
+                       previous_refs: bool = False) -> ChunkResult:
         """One chunk of `chunk_frames` frames along w2c [<= chunk_frames, 4, 4] (padded with its last pose).
 
         latent_frames (1 .. cfg.chunk_latent_frames, default all) shortens the chunk to latent_frames *
         temporal_compression frames: less work before the first frame (the server's short chunk after a turn).
         steps: sampler steps of this chunk (default: options.steps, else the model's).
+        previous_refs: take the last chunk's references (those still stored) instead of retrieving for these poses,
+        as a prepared context does (the server's short chunk after a turn: its first frame sooner).
 
         on_frame(index, rgb [H, W, 3], depth [H, W] | None, w2c [4, 4], timings) is called as each frame is decoded.
         should_stop() is polled after retrieval, after the conditions and between sampler steps (everything before
@@ -558,7 +569,9 @@ class WorldSession:
             cond = target_conditions(model, self.memory, targets, prepared, point_size=point_size, timings=timings)
         else:
             t0 = time.perf_counter()
-            ref_ids, refs = self._retrieve(targets)
+            ref_ids, refs = self._previous_refs() if previous_refs else ([], [])
+            if not ref_ids:
+                ref_ids, refs = self._retrieve(targets)
             timings["retrieval"] = (time.perf_counter() - t0) * 1e3
             stop_if_asked("retrieval")
             cond = build_conditions(model, self.memory, history.rgb, history.depth, [history.camera, *targets], refs,
@@ -651,6 +664,7 @@ class WorldSession:
                 self.frames.append(StoredFrame(index, rgb_arr[i].copy(), None if depth_arr is None else depth_arr[i].copy(),
                                                targets[i]))
         self._drop_old_frames()
+        self._last_ref_ids = list(cond.ref_ids)
         self.num_frames += n_new
         self.clip += 1
         timings["total"] = (time.perf_counter() - t_start) * 1e3

@@ -205,8 +205,22 @@ def test_short_chunk_and_each_stored_frame_is_encoded_once(model):
     finally:
         model.vae.encode = encode
     one_step = session.generate_chunk(np.stack([turn(np.eye(4), 20 + i) for i in range(tc)]), INTR, latent_frames=1,
-                                      steps=1)
+                                      steps=1, previous_refs=True)
     assert "step_0" in one_step.timings and "step_1" not in one_step.timings  # a chunk's own sampler steps
+    assert one_step.references == full.references  # the last chunk's references, not retrieved for the new poses
+    retrieved = []
+    retrieve = session._retrieve
+    session._retrieve = lambda targets: (retrieved.append(len(targets)), retrieve(targets))[1]
+    try:
+        again = session.generate_chunk(np.stack([turn(np.eye(4), 40 + i) for i in range(tc)]), INTR, latent_frames=1,
+                                       previous_refs=True)
+        assert not retrieved and again.references == one_step.references
+        session._last_ref_ids = [(10**6, 1.0)]  # references no longer stored: retrieved after all
+        session.generate_chunk(np.stack([turn(np.eye(4), 45 + i) for i in range(tc)]), INTR, latent_frames=1,
+                               previous_refs=True)
+        assert retrieved == [tc]
+    finally:
+        session._retrieve = retrieve
     assert "step_1" in full.timings  # the model's (tiny test config: 2)
     with pytest.raises(PipelineError, match="steps must be an integer >= 1"):
         session.generate_chunk(np.eye(4)[None], INTR, steps=0)

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--short-chunk-steps", type=int, default=1,
                         help="sampler steps of the short first chunk (default 1: its first frame sooner; 0: the "
                              "model's steps, as full chunks)")
+    parser.add_argument("--short-chunk-refs", default="previous", choices=("previous", "retrieve"),
+                        help="references of the short first chunk: the last chunk's (default: no retrieval before "
+                             "its first frame) or retrieved for its poses")
     parser.add_argument("--log-level", default="INFO")
     # internal: how the broker starts its workers
     parser.add_argument("--worker-of", default=None, help=argparse.SUPPRESS)
@@ -101,6 +104,7 @@ def run_worker(args: argparse.Namespace) -> int:
     server = GenerationServer(model, transport, args.sessions, backend=backend, resume=args.resume,
                               options=SessionOptions(retrieval=args.retrieval), short_chunks=not args.no_short_chunks,
                               short_chunk_steps=args.short_chunk_steps or None,
+                              short_chunk_previous_refs=args.short_chunk_refs == "previous",
                               status_name=f"status-{args.worker_name}.json" if args.worker_of else "status.json")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -146,7 +150,8 @@ def run_broker(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", args.model, "--backend", args.backend,
                "--sessions", args.sessions, "--worker-of", broker.backend_address, "--worker-name", f"w{i}",
                "--threads", str(threads), "--retrieval", args.retrieval, "--log-level", args.log_level,
-               "--dtype", args.dtype, "--short-chunk-steps", str(args.short_chunk_steps)]
+               "--dtype", args.dtype, "--short-chunk-steps", str(args.short_chunk_steps),
+               "--short-chunk-refs", args.short_chunk_refs]
         if args.no_short_chunks:
             cmd.append("--no-short-chunks")
         if args.resume:

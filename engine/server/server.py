@@ -4,7 +4,8 @@ Loop: drain the socket (every message decoded, validated, answered), then genera
 with queued poses (round robin). While a chunk is sampled, `pump()` runs between sampler steps, so heartbeats are
 answered, other clients are served, and a newer trajectory that leaves the path in flight cancels the stale chunk at
 the next step. The first chunk of such a fresh path (or of a camera moving off from rest) is one latent frame long
-(`short_chunks`), so its first frame comes sooner; the chunks after it are full. Frames go out as soon as they are
+(`short_chunks`; sampled in `short_chunk_steps` with the last chunk's references when so configured), so its first
+frame comes sooner; the chunks after it are full. Frames go out as soon as they are
 decoded; the memory delta and ClipDone after each chunk. With nothing queued, spare time prepares each session's
 next chunk (`prepare_idle`: references, history, the DiT's context), so an input's chunk starts with less to do.
 
@@ -101,7 +102,8 @@ class GenerationServer:
     def __init__(self, model: WorldModel, transport, sessions_dir: str | Path, backend: str = "eager",
                  options: SessionOptions | None = None, resume: bool = False, autosave_interval_s: float = 2.0,
                  max_sessions: int = 16, client_timeout_s: float = 30.0, short_chunks: bool = True,
-                 short_chunk_steps: int | None = None, status_every_s: float = 1.0, status_name: str = "status.json"):
+                 short_chunk_steps: int | None = None, short_chunk_previous_refs: bool = False,
+                 status_every_s: float = 1.0, status_name: str = "status.json"):
         self.model, self.transport, self.backend = model, transport, backend
         self.options = options or SessionOptions()
         self.sessions_dir = Path(sessions_dir)
@@ -111,6 +113,7 @@ class GenerationServer:
         self.max_sessions, self.client_timeout_s = max_sessions, client_timeout_s
         self.short_chunks = short_chunks  # a fresh path's first chunk has one latent frame (earlier first frame)
         self.short_chunk_steps = short_chunk_steps  # sampler steps of that chunk (None: the session's)
+        self.short_chunk_previous_refs = short_chunk_previous_refs  # it keeps the last chunk's references
         self.slots: dict[bytes, Slot] = {}
         self.active: Slot | None = None  # the slot whose chunk is being generated
         self._poller = zmq.Poller()
@@ -373,7 +376,8 @@ class GenerationServer:
         try:
             result = session.generate_chunk(poses, slot.intrinsics, on_frame=on_frame, should_stop=should_stop,
                                             latent_frames=latent_frames,
-                                            steps=self.short_chunk_steps if latent_frames else None)
+                                            steps=self.short_chunk_steps if latent_frames else None,
+                                            previous_refs=bool(latent_frames) and self.short_chunk_previous_refs)
         except ChunkCancelled:
             self.stats["cancelled"] += 1
             return True
