@@ -10,7 +10,9 @@ decoded; the memory delta and ClipDone after each chunk. With nothing queued, sp
 next chunk (`prepare_idle`: references, history, the DiT's context), so an input's chunk starts with less to do.
 
 Durability: a session is autosaved (atomically) before any Ack that changes it is sent, and after clips at most every
-`autosave_interval_s` and whenever its queue runs dry, so nothing acknowledged is lost when the process is killed.
+`autosave_interval_s` (longer once a save would take more than `autosave_share` of the time: a long session's save
+writes every stored frame and point) and whenever its queue runs dry, so nothing acknowledged is lost when the
+process is killed.
 With `resume=True` a client whose identity has an autosave gets its session back on its first message.
 Bounded resources: per-client send queues are capped by the transport's high-water mark (transport.SEND_HWM: a slow
 reader loses frames, not the server's memory), a trajectory replaces the queued poses rather than adding to them,
@@ -65,6 +67,7 @@ class Slot:
     t_input: float = 0.0
     last_seen: float = field(default_factory=time.monotonic)
     last_autosave: float = 0.0
+    autosave_s: float = 0.0  # how long its last autosave took (it grows with the session)
     dirty: bool = False  # changed since the last autosave
     served: float = 0.0  # when its last chunk started (monotonic): the least recently served goes next
     cancel: bool = False  # set by pump() to stop the chunk in flight
@@ -101,6 +104,7 @@ def continues_path(new: np.ndarray, path: np.ndarray, in_flight: int) -> bool:
 class GenerationServer:
     def __init__(self, model: WorldModel, transport, sessions_dir: str | Path, backend: str = "eager",
                  options: SessionOptions | None = None, resume: bool = False, autosave_interval_s: float = 2.0,
+                 autosave_share: float = 0.05,
                  max_sessions: int = 16, client_timeout_s: float = 30.0, short_chunks: bool = True,
                  short_chunk_steps: int | None = None, short_chunk_previous_refs: bool = False,
                  status_every_s: float = 1.0, status_name: str = "status.json"):
@@ -110,6 +114,9 @@ class GenerationServer:
         (self.sessions_dir / "autosave").mkdir(parents=True, exist_ok=True)
         (self.sessions_dir / "saved").mkdir(parents=True, exist_ok=True)
         self.resume, self.autosave_interval_s = resume, autosave_interval_s
+        # while a session streams, its autosaves take at most this share of the time: a grown session (a save of
+        # every stored frame and point takes longer and longer) is saved less often than every autosave_interval_s
+        self.autosave_share = autosave_share
         self.max_sessions, self.client_timeout_s = max_sessions, client_timeout_s
         self.short_chunks = short_chunks  # a fresh path's first chunk has one latent frame (earlier first frame)
         self.short_chunk_steps = short_chunk_steps  # sampler steps of that chunk (None: the session's)
@@ -223,11 +230,18 @@ class GenerationServer:
         if slot.session is None or not (slot.dirty or force):
             return
         try:
+            t0 = time.monotonic()
             slot.session.save(self.sessions_dir / "autosave" / slot.key)
             slot.dirty, slot.last_autosave = False, time.monotonic()
+            slot.autosave_s = slot.last_autosave - t0
         except OSError as e:  # full disk, permissions: the previous autosave stays intact (atomic rename)
             log.error("autosave of %s failed: %s", slot.key[:8], e)
             raise P.ProtocolError(P.ErrorCode.INTERNAL, f"could not save the session: {e}") from e
+
+    def autosave_gap_s(self, slot: Slot) -> float:
+        """Seconds between the autosaves of a streaming session: autosave_interval_s, longer once a save takes
+        more than autosave_share of it (a kill then loses at most this much generated video)."""
+        return max(self.autosave_interval_s, slot.autosave_s / self.autosave_share)
 
     # ------------------------------------------------------------------ handlers (one per client message type)
     def on_hello(self, slot: Slot, msg: P.Hello) -> None:
@@ -398,7 +412,7 @@ class GenerationServer:
         self.send(slot, to_wire_delta(result.delta, session.memory.voxel_size))
         timings = dict(result.timings)
         timings["serialize_delta"] = (time.perf_counter() - t0) * 1e3
-        if not len(slot.queue) or time.monotonic() - slot.last_autosave >= self.autosave_interval_s:
+        if not len(slot.queue) or time.monotonic() - slot.last_autosave >= self.autosave_gap_s(slot):
             t0 = time.perf_counter()
             try:
                 self.autosave(slot)

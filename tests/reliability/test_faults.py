@@ -267,3 +267,34 @@ def test_corrupt_session_files_are_refused_clearly_and_others_unaffected(tiny_ch
         a.close()
         v.close()
         server.stop()
+
+
+def test_a_slow_autosave_is_spaced_out_while_the_session_streams(tiny_checkpoint, tmp_path, ctx, monkeypatch):
+    """A long session's autosave writes every stored frame and point, so it slows down as the session grows; while
+    it streams, its autosaves take at most `autosave_share` of the time instead of running every interval."""
+    saves = []
+    save = WorldSession.save
+
+    def slow_save(self, directory):
+        time.sleep(0.05)  # a grown session
+        saves.append(time.monotonic())
+        return save(self, directory)
+
+    monkeypatch.setattr(WorldSession, "save", slow_save)
+    with inproc_server(tiny_checkpoint, tmp_path / "sessions", autosave_interval_s=0.1, autosave_share=0.1) as server:
+        c = RawClient(ctx, server.transport.address, b"slow-autosave")
+        try:
+            caps, _, start = open_image_session(c)
+            opened = len(saves)
+            n = 12 * caps.chunk_frames
+            t0 = time.monotonic()
+            c.send(P.Trajectory(seq=1, w2c=forward_poses(start.w2c, n), intrinsics=INTR))
+            c.recv_path(n)
+            streamed = time.monotonic() - t0
+        finally:
+            c.close()
+    during = [t for t in saves[opened:] if t < t0 + streamed]
+    gaps = np.diff(during)
+    # every 0.5 s at most (0.05 s / 0.1) instead of every 0.1 s; the last save (the queue ran dry) may come sooner
+    assert len(during) >= 2 and (gaps[:-1] >= 0.45).all(), (streamed, gaps)
+    assert len(during) <= streamed / 0.45 + 2
