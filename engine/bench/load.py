@@ -135,7 +135,17 @@ class LoadClient(WalkClient):
 
 
 def folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+    """Bytes of the files under `path`, read while the server writes there: its temporary and replaced folders
+    (`.NAME.tmp`, `.NAME.old`) are left out, and files that vanish between listing and reading are skipped."""
+    total = 0
+    for root, dirs, files in os.walk(path):  # a folder renamed away mid-walk is skipped (os.walk ignores the error)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total
 
 
 def _fit_slope(t: list[float], y: list[float]) -> float:
