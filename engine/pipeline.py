@@ -31,6 +31,7 @@ import torch
 
 from engine import geometry
 from engine.conditions import PreparedContext, build_conditions, prepare_context, target_conditions
+from engine.files import write_npz
 from engine.memory.delta import MemoryDelta
 from engine.memory.pointcloud import SpatialMemory
 from engine.memory.primitives import primitive_surface
@@ -746,15 +747,16 @@ class WorldSession:
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         self.memory.save(tmp / "memory.safetensors")
+        # the stored frames go out one by one (stacking them would copy them all at every autosave)
         arrays = {
             "index": np.array([f.index for f in self.frames], np.int64),
-            "rgb": np.stack([f.rgb for f in self.frames]) if self.frames else np.zeros((0, self.height, self.width, 3), np.uint8),
+            "rgb": [f.rgb for f in self.frames] if self.frames else np.zeros((0, self.height, self.width, 3), np.uint8),
             "w2c": np.stack([f.camera.w2c for f in self.frames]) if self.frames else np.zeros((0, 4, 4)),
             "K": np.stack([f.camera.K for f in self.frames]) if self.frames else np.zeros((0, 3, 3)),
         }
         if self.frames and self.frames[0].depth is not None:
-            arrays["depth"] = np.stack([f.depth for f in self.frames])
-        np.savez(tmp / "frames.npz", **arrays)
+            arrays["depth"] = [f.depth for f in self.frames]
+        write_npz(tmp / "frames.npz", arrays)
         meta = {"format": SESSION_FORMAT, "version": SESSION_VERSION, "model": self.model.name,
                 "width": self.width, "height": self.height, "num_frames": self.num_frames, "clip": self.clip,
                 "prompt": self.prompt, "options": asdict(self.options)}

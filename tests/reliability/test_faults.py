@@ -208,7 +208,7 @@ def test_full_disk_simulated_in_process(tiny_checkpoint, tmp_path, ctx, monkeypa
             def full_disk(*args, **kwargs):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-            monkeypatch.setattr(pipeline.np, "savez", full_disk)
+            monkeypatch.setattr(pipeline, "write_npz", full_disk)
             c.send(P.EditRemoveBox(edit_id=1, box_min=np.full(3, -0.5), box_max=np.full(3, 0.5)))
             err = c.recv()
             assert err.type == "error" and "No space left on device" in err.message
