@@ -41,6 +41,23 @@ def tune_process() -> dict:
     return applied
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def heap_free_bytes() -> int | None:
+    """Bytes that glibc's malloc holds free in its heaps (mallinfo2's fordblks, all arenas): memory the process
+    freed but, after `tune_process`, keeps instead of returning it, so it counts in RSS without being in use.
+    None where glibc (>= 2.33) is not the allocator."""
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+    return int(mallinfo2().fordblks)
+
+
 def set_threads(threads: int | None) -> None:
     """torch intra-op threads (None leaves torch's default: one per core)."""
     if threads:

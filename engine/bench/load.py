@@ -8,8 +8,10 @@ every `--edit-every-s` (a primitive inserted, then undone: each needs an autosav
   data, which grows by design as the walk adds frames: their bytes in memory as the server reports them in
   `<sessions>/status.json` (`WorldSession.nbytes`: points at allocated capacity, the voxel and id indexes, stored
   frames, cached latents), and for reference their autosave folders (~2.5x smaller: no indexes, no spare capacity).
-  `unexplained_growth_mb` is RSS growth after warm-up minus in-memory session-data growth; the server keeps freed
-  heap (engine.runtime.tune_process), so its RSS is a high-water mark and a leak shows as steady growth;
+  `unexplained_growth_mb` is RSS growth after warm-up minus in-memory session-data growth and minus the growth of
+  the memory the allocator holds free (the server keeps freed heap for reuse, engine.runtime.tune_process, so
+  transient arrays that grow with a session raise RSS without being in use; the status file reports it); a leak
+  shows as steady growth beyond both;
 - stalls: the longest gap between two messages reaching an explorer (the server answers heartbeats between sampler
   steps, so a gap longer than `--stall-s` means the loop stopped);
 - answers: every edit gets an Ack or an Error; every trajectory is answered by frames or overtaken by a newer one
@@ -157,8 +159,17 @@ def _fit_slope(t: list[float], y: list[float]) -> float:
 
 def reported_session_bytes(sessions_dir: Path) -> float:
     """The live sessions' in-memory bytes from the server's status file (NaN when it is missing or unreadable)."""
+    return _status_number(sessions_dir, "session_bytes")
+
+
+def reported_heap_free_bytes(sessions_dir: Path) -> float:
+    """Bytes the server's allocator holds free (freed, kept, counted in RSS) from its status file (NaN if unknown)."""
+    return _status_number(sessions_dir, "heap_free_bytes")
+
+
+def _status_number(sessions_dir: Path, key: str) -> float:
     try:
-        return float(json.loads((sessions_dir / "status.json").read_text())["session_bytes"])
+        return float(json.loads((sessions_dir / "status.json").read_text())[key])
     except (OSError, ValueError, KeyError, TypeError):
         return float("nan")
 
@@ -171,7 +182,8 @@ def run(args: argparse.Namespace) -> dict:
     model = str(resolve_model(args.model))
     walk = load_walk(None)
     workdir = Path(tempfile.mkdtemp(prefix="spatia-load-"))
-    samples: list[tuple[float, float, float, float]] = []  # (s since start, RSS, autosaves, sessions in memory) MiB
+    # (s since start, RSS, autosaves, sessions in memory, allocator's free memory) MiB
+    samples: list[tuple[float, float, float, float, float]] = []
     t_start = [0.0]
     try:
         with ServerChild(model, workdir, "eager", args.threads) as server:
@@ -190,7 +202,8 @@ def run(args: argparse.Namespace) -> dict:
                         rss = server.rss_bytes() / 2**20
                         data = folder_bytes(workdir / "sessions" / "autosave") / 2**20
                         in_memory = reported_session_bytes(workdir / "sessions") / 2**20
-                        samples.append((now - t_start[0], rss, data, in_memory))
+                        heap_free = reported_heap_free_bytes(workdir / "sessions") / 2**20
+                        samples.append((now - t_start[0], rss, data, in_memory, heap_free))
                         next_sample[0] = now + args.sample_s
 
                 t_start[0] = time.time()
@@ -227,12 +240,16 @@ def summarize(clients: list[LoadClient], samples, args, complete: bool) -> dict:
     rss = [s[1] for s in samples]
     data = [s[2] for s in samples]
     in_memory = [s[3] for s in samples if np.isfinite(s[3])]
+    heap_free = [s[4] for s in samples if np.isfinite(s[4])]
     half = len(samples) // 2
     growth = (rss[-1] - rss[0]) if rss else 0.0
     data_growth = (data[-1] - data[0]) if data else 0.0
     memory_growth = (in_memory[-1] - in_memory[0]) if len(in_memory) >= 2 else None
+    free_growth = (heap_free[-1] - heap_free[0]) if len(heap_free) >= 2 else 0.0
     # against the sessions' bytes in memory when the server reported them, else (an older server) their autosaves
-    unexplained = growth - (data_growth if memory_growth is None else memory_growth)
+    beyond_data = growth - (data_growth if memory_growth is None else memory_growth)
+    # and beyond what the allocator holds free: freed memory kept for reuse (tune_process) is not in use
+    unexplained = beyond_data - free_growth
     t0 = clients[0].measure_t0
     by_minute: dict[str, list[dict[str, float]]] = {}
     for c in clients:
@@ -272,6 +289,9 @@ def summarize(clients: list[LoadClient], samples, args, complete: bool) -> dict:
         "sessions_in_memory_mb": {"start": in_memory[0] if in_memory else None,
                                   "end": in_memory[-1] if in_memory else None,
                                   "reported": memory_growth is not None},
+        "heap_free_mb": {"start": heap_free[0] if heap_free else None, "end": heap_free[-1] if heap_free else None,
+                         "reported": len(heap_free) >= 2},
+        "rss_growth_beyond_data_mb": beyond_data,
         "unexplained_growth_mb": unexplained,
         "stages_ms_by_minute": stage_trend,
         "errors": [e for c in clients for e in c.rec.errors][:20],
@@ -293,6 +313,7 @@ def plot(samples, clients: list[LoadClient], t0: float, path: Path) -> Path:
     ax1.plot(t, [s[1] for s in samples], label="server RSS")
     ax1.plot(t, [s[3] for s in samples], label="sessions' data in memory (server's status)")
     ax1.plot(t, [s[2] for s in samples], label="sessions' autosaves")
+    ax1.plot(t, [s[4] for s in samples], label="held free by the allocator (server's status)")
     ax1.set_xlabel("s")
     ax1.set_ylabel("MiB")
     ax1.legend(fontsize=7)

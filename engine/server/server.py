@@ -19,8 +19,9 @@ reader loses frames, not the server's memory), a trajectory replaces the queued 
 and idle sessions are evicted (after an autosave) once `max_sessions` is reached.
 
 Status: every `status_every_s` the server writes `<sessions>/status.json` (`status-<worker>.json` for a broker's
-workers; atomically): its counters and each live session's in-memory bytes (`WorldSession.nbytes`), so a soak can
-tell the growth of session data from a leak.
+workers; atomically): its counters, each live session's in-memory bytes (`WorldSession.nbytes`) and the bytes the
+allocator holds free (`heap_free_bytes`: freed, kept, still in RSS), so a soak can tell the growth of session data
+and of retained free memory from a leak.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from engine import geometry
 from engine.files import write_text_atomic
 from engine.memory.delta import MemoryDelta as EngineDelta
 from engine.pipeline import ChunkCancelled, PipelineError, SessionOptions, WorldModel, WorldSession
+from engine.runtime import heap_free_bytes
 from engine.server import protocol as P
 
 log = logging.getLogger("spatia.server")
@@ -458,7 +460,7 @@ class GenerationServer:
         sessions = [{"key": slot.key[:8], "bytes": slot.session.nbytes, "points": len(slot.session.memory),
                      "frames": slot.session.num_frames} for slot in self.slots.values() if slot.session is not None]
         status = {"time": time.time(), "pid": os.getpid(), **self.stats, "sessions": sessions,
-                  "session_bytes": sum(x["bytes"] for x in sessions)}
+                  "session_bytes": sum(x["bytes"] for x in sessions), "heap_free_bytes": heap_free_bytes()}
         path = self.sessions_dir / self.status_name
         try:
             write_text_atomic(path, json.dumps(status))

@@ -151,7 +151,7 @@ def test_an_idle_server_prepares_the_next_chunk_and_an_edit_makes_it_stale(tiny_
 def test_the_server_reports_its_sessions_in_memory_bytes(tiny_checkpoint, tmp_path, ctx):
     import json
 
-    from engine.bench.load import reported_session_bytes
+    from engine.bench.load import reported_heap_free_bytes, reported_session_bytes
 
     status_file = tmp_path / "sessions" / "status.json"
     assert np.isnan(reported_session_bytes(tmp_path / "sessions"))  # no status yet: unknown, not zero
@@ -170,6 +170,9 @@ def test_the_server_reports_its_sessions_in_memory_bytes(tiny_checkpoint, tmp_pa
         after = json.loads(status_file.read_text())
         assert after["session_bytes"] > first["session_bytes"]  # new stored frames and their latents
         assert reported_session_bytes(tmp_path / "sessions") == after["session_bytes"]
+        # and what the allocator holds free (glibc here): freed memory that still counts in RSS
+        assert isinstance(after["heap_free_bytes"], int) and after["heap_free_bytes"] > 0
+        assert reported_heap_free_bytes(tmp_path / "sessions") == after["heap_free_bytes"]
 
 
 def test_a_failing_preparation_is_logged_once_and_the_chunk_still_comes(tiny_checkpoint, tmp_path, ctx):
