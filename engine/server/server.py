@@ -4,10 +4,10 @@ Loop: drain the socket (every message decoded, validated, answered), then genera
 with queued poses (round robin). While a chunk is sampled, `pump()` runs between sampler steps, so heartbeats are
 answered, other clients are served, and a newer trajectory that leaves the path in flight cancels the stale chunk at
 the next step. The first chunk of such a fresh path (or of a camera moving off from rest) is one latent frame long
-(`short_chunks`; sampled in `short_chunk_steps` with the last chunk's references when so configured), so its first
-frame comes sooner; the chunks after it are full. Frames go out as soon as they are
-decoded; the memory delta and ClipDone after each chunk. With nothing queued, spare time prepares each session's
-next chunk (`prepare_idle`: references, history, the DiT's context), so an input's chunk starts with less to do.
+(`short_chunks`), sampled in `short_chunk_steps` with the last chunk's references, so its first frame comes sooner;
+the chunks after it are full. Frames go out as soon as they are decoded; the memory delta and ClipDone after each
+chunk. With nothing queued, spare time prepares each session's next chunk (`prepare_idle`: references, history, the
+DiT's context), so an input's chunk starts with less to do.
 
 Durability: a session is autosaved (atomically) before any Ack that changes it is sent, and after clips at most every
 `autosave_interval_s` (longer once a save would take more than `autosave_share` of the time: a long session's save
@@ -108,7 +108,7 @@ class GenerationServer:
                  options: SessionOptions | None = None, resume: bool = False, autosave_interval_s: float = 2.0,
                  autosave_share: float = 0.05,
                  max_sessions: int = 16, client_timeout_s: float = 30.0, short_chunks: bool = True,
-                 short_chunk_steps: int | None = None, short_chunk_previous_refs: bool = False,
+                 short_chunk_steps: int | None = 1, short_chunk_previous_refs: bool = True,
                  status_every_s: float = 1.0, status_name: str = "status.json"):
         self.model, self.transport, self.backend = model, transport, backend
         self.options = options or SessionOptions()
