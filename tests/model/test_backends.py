@@ -26,18 +26,22 @@ def test_tensorrt_without_gpu_or_package_says_what_is_missing():
         apply_backend(SpatiaDiT(cfg), cfg, "tensorrt")
 
 
-@pytest.mark.slow
-def test_compile_matches_eager():
+@pytest.mark.parametrize("device, tol", [
+    pytest.param("cpu", 1e-4, marks=pytest.mark.slow),
+    pytest.param("cuda", 1e-3, marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                           reason="needs an NVIDIA GPU")]),
+])
+def test_compile_matches_eager(device, tol):
     cfg = tiny_test_config()
     torch.manual_seed(0)
-    dit = SpatiaDiT(cfg).eval()
-    x, t, refs, control = example_inputs(cfg, device="cpu", dtype=torch.float32)
+    dit = SpatiaDiT(cfg).eval().to(device)
+    x, t, refs, control = example_inputs(cfg, device=device, dtype=torch.float32)
     with torch.no_grad():
         want = dit(x, t, refs=refs, control=control)
         compiled, name = apply_backend(dit, cfg, "compile")
         got = compiled(x, t, refs=refs, control=control)
     assert name == "compile"
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
 @pytest.mark.gpu

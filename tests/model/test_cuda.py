@@ -1,4 +1,5 @@
-"""The model and a whole session on an NVIDIA GPU give what the CPU gives (skipped without CUDA).
+"""The model and a whole session on an NVIDIA GPU give what the CPU gives (skipped without CUDA; `compile` on CUDA
+is checked in test_backends.py).
 
 The CPU path is the reference every other test checks; these tests hold the GPU path to it: the same seeds give the
 same chunk (noise is drawn on the CPU), up to float32 rounding and cuDNN's TF32 convolutions.
@@ -9,12 +10,13 @@ import pytest
 import torch
 
 from engine import geometry
-from engine.model.backends import apply_backend
+from engine.eval.metrics import psnr
 from engine.model.backends.tensorrt import example_inputs
 from engine.model.dit import SpatiaDiT
 from engine.model.sampler import sample
 from engine.pipeline import SessionOptions, WorldModel, WorldSession
 from tests.conftest import tiny_test_config
+from tests.reliability.helpers import yawed
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
 
@@ -22,20 +24,13 @@ INTR = geometry.fov_to_intrinsics(70.0)
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+    """PSNR pooled over a chunk's frames [n, H, W, 3] (the frames stacked into one image)."""
+    return psnr(np.concatenate(a), np.concatenate(b))
 
 
 def _wall(width=32, height=32, dist=3.0):
     rgb = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
     return rgb, np.full((height, width), dist, np.float32)
-
-
-def _yaw(deg: float) -> np.ndarray:
-    a = np.radians(deg)
-    c2w = np.eye(4)
-    c2w[:3, :3] = [[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]
-    return geometry.invert_se3(c2w)
 
 
 def test_dit_forward_on_cuda_matches_cpu():
@@ -70,19 +65,6 @@ def test_sampled_chunk_on_cuda_matches_cpu_with_and_without_the_context_cache():
             torch.testing.assert_close(chunk(dit, "cuda", cached), want, rtol=2e-3, atol=2e-3)
 
 
-def test_compile_on_cuda_matches_eager():
-    cfg = tiny_test_config()
-    torch.manual_seed(0)
-    dit = SpatiaDiT(cfg).eval().cuda()
-    x, t, refs, control = example_inputs(cfg, device="cuda", dtype=torch.float32)
-    with torch.no_grad():
-        want = dit(x, t, refs=refs, control=control)
-        compiled, name = apply_backend(dit, cfg, "compile")
-        got = compiled(x, t, refs=refs, control=control)
-    assert name == "compile"
-    torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
-
-
 def _three_chunks(model: WorldModel) -> tuple[list[np.ndarray], int]:
     """Open a wall, prepare, then generate three chunks turning right: (every chunk's RGB, final memory size)."""
     session = WorldSession(model, SessionOptions(segmentation=None, voxel_size=0.05))
@@ -93,7 +75,7 @@ def _three_chunks(model: WorldModel) -> tuple[list[np.ndarray], int]:
     for clip in range(3):
         if clip == 1:
             session.prepare()  # the prepared-context path as well as the one-go path
-        poses = np.stack([_yaw(10 * clip + 10 * (i + 1) / n) for i in range(n)])
+        poses = yawed(np.repeat(np.eye(4)[None], n, 0), 10 / n, offset=clip * n + 1)  # 10 degrees a chunk
         frames.append(session.generate_chunk(poses, INTR).rgb)
     return frames, len(session.memory)
 
