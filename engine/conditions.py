@@ -79,13 +79,13 @@ def _render(model, memory, cameras: Sequence[geometry.Camera], point_size: float
 
 def _control_latents(model, out, state: dict | None = None) -> torch.Tensor:
     """A render's control latents [1, 2z, f, h, w]: its scene video (RGB, + depth) and coverage through the VAE
-    (state: see `VideoVAE.encode_control`)."""
+    (state: see `VideoVAE.encode_control`; the distilled encoder where the model has one)."""
     scene = out.rgb.permute(1, 0, 2, 3)[None]  # [1, 3, F, H, W]
     if model.cfg.depth_channel:
         scene = torch.cat([scene, out.depth.permute(1, 0, 2, 3)[None]], 1)
     coverage = out.coverage.permute(1, 0, 2, 3)[None]  # [1, 1, F, H, W]
     with torch.no_grad():
-        return model.vae.encode_control(scene.to(model.device), coverage.to(model.device), state=state)
+        return model.encode_control(scene.to(model.device), coverage.to(model.device), state=state)
 
 
 def encode_frames(model, history_rgb: np.ndarray, history_depth: np.ndarray | None, refs: Sequence,

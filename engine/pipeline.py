@@ -44,6 +44,7 @@ from engine.model.sampler import SamplingCancelled, StepInfo, sample
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 SESSION_FORMAT, SESSION_VERSION = "spatia-session", 1
+CONTROL_ENCODERS = ("auto", "distilled", "vae")
 
 
 class PipelineError(ValueError):
@@ -64,14 +65,20 @@ class WorldModel:
     dit: torch.nn.Module
     name: str = "custom"
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    control: torch.nn.Module | None = None  # distilled control encoder (ControlEncoder); None: the VAE's encoder
 
     @classmethod
-    def load(cls, name_or_path: str | Path, device: str = "cpu", dit_dtype: torch.dtype | None = None) -> "WorldModel":
+    def load(cls, name_or_path: str | Path, device: str = "cpu", dit_dtype: torch.dtype | None = None,
+             control_encoder: str = "auto") -> "WorldModel":
         """A shipped model by name (`models/<name>/`) or a checkpoint folder written by `save_checkpoint`.
 
-        Both networks compute in float32 (shipped weights may be stored in float16 to stay small); dit_dtype runs
+        The networks compute in float32 (shipped weights may be stored in float16 to stay small); dit_dtype runs
         the DiT in another precision (float16 or bfloat16 on a GPU): the sampler casts its inputs and integrates in
-        float32, and the VAE stays in float32."""
+        float32, and the VAE stays in float32. control_encoder picks what turns the scene video into control
+        latents: "distilled" (the checkpoint's ControlEncoder, an error if it has none), "vae" (the VAE's encoder,
+        the teacher) or "auto" (distilled where the checkpoint ships it)."""
+        if control_encoder not in CONTROL_ENCODERS:
+            raise ValueError(f"control_encoder must be one of {CONTROL_ENCODERS}, got {control_encoder!r}")
         path = Path(name_or_path)
         if not path.exists():
             path = MODELS_DIR / str(name_or_path)
@@ -81,12 +88,22 @@ class WorldModel:
                 f"no model checkpoint at {name_or_path!r} (looked for {path / 'config.json'}); shipped models: "
                 f"{shipped or 'none'}; train one with `spatia train`"
             )
-        ckpt = load_checkpoint(path, device=device, dtype=torch.float32)
+        parts = ("dit", "vae") if control_encoder == "vae" else ("dit", "vae", "control")
+        ckpt = load_checkpoint(path, device=device, dtype=torch.float32, parts=parts)
         if ckpt.vae is None or ckpt.dit is None:
             raise FileNotFoundError(f"checkpoint {path} lacks the {'vae' if ckpt.vae is None else 'dit'} weights")
+        if control_encoder == "distilled" and ckpt.control is None:
+            raise FileNotFoundError(f"checkpoint {path} has no distilled control encoder (control.safetensors); "
+                                    "train one with a 'control' stage, or use the VAE's (control_encoder='vae')")
         if dit_dtype is not None:
             ckpt.dit.to(dit_dtype)
-        return cls(ckpt.cfg, ckpt.vae.eval(), ckpt.dit.eval(), name=path.name, device=torch.device(device))
+        return cls(ckpt.cfg, ckpt.vae.eval(), ckpt.dit.eval(), name=path.name, device=torch.device(device),
+                   control=ckpt.control)
+
+    def encode_control(self, scene: torch.Tensor, mask: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """Control latents [B, 2z, f, h, w] of a scene video and its coverage (`VideoVAE.encode_control`'s
+        contract, state included), from the distilled encoder where the model has one."""
+        return (self.vae if self.control is None else self.control).encode_control(scene, mask, state=state)
 
     @classmethod
     def random(cls, cfg: ModelConfig, seed: int = 0, device: str = "cpu") -> "WorldModel":

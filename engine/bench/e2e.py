@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import tempfile
@@ -86,6 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or passive (as when the explorer's viewer shares them)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                         help="the server's DiT precision (float16/bfloat16 for a GPU)")
+    parser.add_argument("--server-args", default="",
+                        help="more `spatia serve` options for every run, e.g. '--control-encoder vae' or '--workers 2'")
     parser.add_argument("--walk", type=Path, default=None, help="walk script (explorer script JSON; default built in)")
     parser.add_argument("--seed", type=int, default=0, help="procedural scene of the first explorer (+i for the i-th)")
     parser.add_argument("--out", type=Path, default=Path("out/bench-e2e"), help="folder for JSON and PNGs")
@@ -665,6 +668,7 @@ def run(args: argparse.Namespace) -> dict:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),  # of this (client) process
         "server_wait_policy": args.server_wait_policy,
         "dtype": args.dtype,
+        "server_args": args.server_args,
         "walk": "default (forward, turn, stop, turn back, walk back)" if args.walk is None else str(args.walk),
         "goals": GOALS,
         "runs": runs,
@@ -692,8 +696,8 @@ def run(args: argparse.Namespace) -> dict:
 def _runs_on_one_server(spec: ModelSpec, backend: str, base: dict, clients_list: list[int], walk, args,
                         workdir: Path) -> list[dict]:
     runs = []
-    server = ServerChild(spec.path, workdir, backend, args.threads, wait_policy=args.server_wait_policy,
-                         dtype=args.dtype)
+    server = ServerChild(spec.path, workdir, backend, args.threads, extra=tuple(shlex.split(args.server_args)),
+                         wait_policy=args.server_wait_policy, dtype=args.dtype)
     with server:
         for i, m in enumerate(clients_list):
             try:

@@ -4,14 +4,16 @@
                              "parts": ["dit", "vae"], "lora": {"rank": r, "alpha": a} | null, "extra": {...}}
     <dir>/dit.safetensors   SpatiaDiT state dict (LoRA factors included when adapters are not merged)
     <dir>/vae.safetensors   VideoVAE state dict
+    <dir>/control.safetensors  optional: ControlEncoder state dict (the VAE's control encoding, distilled)
 
 Loading is strict: a missing, unexpected or mis-shaped tensor raises `WeightsError` naming the keys. Tensors are
 stored as they are (dtype and bits), so a save/load round trip is bit-exact. `load_state_dict_strict` is shared
 with `engine.model.convert`.
 
 API:
-    save_checkpoint(path, cfg, dit=None, vae=None, extra=None) -> Path
-    ckpt = load_checkpoint(path, device="cpu", dtype=None, parts=("dit", "vae"))   -> Checkpoint(cfg, dit, vae, extra)
+    save_checkpoint(path, cfg, dit=None, vae=None, extra=None, control=None) -> Path
+    ckpt = load_checkpoint(path, device="cpu", dtype=None, parts=("dit", "vae", "control"))
+        -> Checkpoint(cfg, dit, vae, extra, control): a part the folder does not list stays None
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from engine.files import write_text_atomic
 from engine.model.configs import ModelConfig
 
 FORMAT, VERSION = "spatia-model", 1
-PART_NAMES = ("dit", "vae")
+PART_NAMES = ("dit", "vae", "control")
 
 
 class WeightsError(KeyError):
@@ -65,6 +67,7 @@ class Checkpoint:
     dit: nn.Module | None = None
     vae: nn.Module | None = None
     extra: dict = field(default_factory=dict)
+    control: nn.Module | None = None
 
 
 def _lora_info(dit: nn.Module | None) -> dict | None:
@@ -79,14 +82,15 @@ def _lora_info(dit: nn.Module | None) -> dict | None:
 
 
 def save_checkpoint(
-    path: str | Path, cfg: ModelConfig, dit: nn.Module | None = None, vae: nn.Module | None = None, extra=None
+    path: str | Path, cfg: ModelConfig, dit: nn.Module | None = None, vae: nn.Module | None = None, extra=None,
+    control: nn.Module | None = None,
 ) -> Path:
     """Write the folder `path` (created if needed); files are written to temporaries, then renamed."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    parts = {name: m for name, m in (("dit", dit), ("vae", vae)) if m is not None}
+    parts = {name: m for name, m in (("dit", dit), ("vae", vae), ("control", control)) if m is not None}
     if not parts:
-        raise ValueError("save_checkpoint needs at least one of dit, vae")
+        raise ValueError("save_checkpoint needs at least one of dit, vae, control")
     for name, module in parts.items():
         state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
         tmp = path / f".{name}.safetensors.tmp"
@@ -121,6 +125,7 @@ def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, parts=PART_NAMES
 ) -> Checkpoint:
     """Build the networks from the stored config and load their weights strictly."""
+    from engine.model.control_encoder import ControlEncoder
     from engine.model.dit import SpatiaDiT
     from engine.model.lora import inject_lora
     from engine.model.vae import VideoVAE
@@ -138,7 +143,7 @@ def load_checkpoint(
         if not file.is_file():
             raise FileNotFoundError(f"checkpoint {path} lists {name} but {file} is missing")
         with torch.device("meta"):
-            module = SpatiaDiT(cfg) if name == "dit" else VideoVAE(cfg)
+            module = {"dit": SpatiaDiT, "vae": VideoVAE, "control": ControlEncoder}[name](cfg)
         if name == "dit" and meta.get("lora"):
             lora = meta["lora"]
             inject_lora(module, lora["rank"], lora["alpha"], targets=tuple(lora["targets"]))

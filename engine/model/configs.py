@@ -81,6 +81,9 @@ class ModelConfig:
     # ---- control branch (VACE-style)
     control_layers: tuple[int, ...] = (0, 2, 4)  # main layers paired with a control block
     control_scale: float = 1.0
+    # the distilled control encoder (engine.model.control_encoder), used when a checkpoint ships one
+    control_encoder_dim: int = 32  # per-frame width at vae_patch resolution (twice that on the latent grid)
+    control_encoder_group_dim: int = 96  # width of the per-latent-frame head
 
     # ---- attention layout over [references | history | target] tokens
     # "full": every token attends to every token (the paper). "context": references and history (the clean

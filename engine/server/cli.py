@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--short-chunk-refs", default="previous", choices=("previous", "retrieve"),
                         help="references of the short first chunk: the last chunk's (default: no retrieval before "
                              "its first frame) or retrieved for its poses")
+    parser.add_argument("--control-encoder", default="auto", choices=("auto", "distilled", "vae"),
+                        help="what encodes the scene video for the DiT: the model's distilled encoder (auto: where "
+                             "it ships one; ~4x cheaper) or the VAE's encoder it was distilled from")
     parser.add_argument("--log-level", default="INFO")
     # internal: how the broker starts its workers
     parser.add_argument("--worker-of", default=None, help=argparse.SUPPRESS)
@@ -66,7 +69,8 @@ def _load_model(args):
     tune_process()
     set_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = WorldModel.load(args.model, device=device, dit_dtype=getattr(torch, args.dtype))
+    model = WorldModel.load(args.model, device=device, dit_dtype=getattr(torch, args.dtype),
+                            control_encoder=args.control_encoder)
     model.dit, backend = apply_backend(model.dit, model.cfg, args.backend)
     if backend != "eager":  # compiled graphs are built now, not in the middle of someone's walk
         logging.getLogger("spatia.serve").info("warming up the %s backend ...", backend)

@@ -31,7 +31,7 @@ FORMAT = "spatia-dit-cache"
 DIT_ONLY_FIELDS = frozenset({
     "name", "dim", "num_heads", "num_layers", "ffn_dim", "act", "freq_dim", "text_dim", "text_len", "eps",
     "rope_theta", "num_train_timesteps", "control_layers", "control_scale", "attention_layout", "sample_steps",
-    "sample_shift", "sample_solver", "cfg_scale", "cfg_drop",
+    "sample_shift", "sample_solver", "cfg_scale", "cfg_drop", "control_encoder_dim", "control_encoder_group_dim",
 })
 
 
@@ -49,31 +49,47 @@ def _shapes(cfg: ModelConfig, n: int) -> dict[str, tuple]:
 def build_cache(samples: Dataset, vae: torch.nn.Module, cfg: ModelConfig, out: str | Path, every: int = 1,
                 batch_size: int = 8, workers: int = 1, progress: bool = True) -> Path:
     """Encode every `every`-th sample of `samples` into `out` (resumable: finished batches are kept)."""
-    from tqdm import tqdm
-
     from engine.train.dit import encode_batch
+
+    vae = vae.eval()
+
+    def encode(batch: dict) -> dict[str, torch.Tensor]:
+        x0, refs, control = encode_batch(vae, batch)
+        return {"x0": x0, "refs": refs, "control": control}
+
+    shapes = {k: (s, np.float16) for k, s in _shapes(cfg, 0).items()}
+    return build_arrays(samples, encode, shapes, cfg, out, FORMAT, every, batch_size, workers, progress, "encode samples")
+
+
+def build_arrays(samples: Dataset, encode, shapes: dict[str, tuple[tuple, type]], cfg: ModelConfig, out: str | Path,
+                 fmt: str, every: int = 1, batch_size: int = 8, workers: int = 1, progress: bool = True,
+                 desc: str = "samples") -> Path:
+    """Write `encode(batch)` (key -> [B, ...] tensor) for every `every`-th sample of `samples` into memory-mapped
+    `<out>/<key>.npy` arrays of the given per-sample (shape, dtype) (the shape's first entry, N, is ignored).
+    Resumable: meta.json records how many samples are on disk, only after they are."""
+    from tqdm import tqdm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     indices = list(range(0, len(samples), every))
     meta_file = out / "meta.json"
     meta = json.loads(meta_file.read_text()) if meta_file.exists() else None
-    if meta is not None and (meta["indices"] != indices or cache_fields(meta["model"]) != cache_fields(cfg.to_dict())):
+    if meta is not None and (meta.get("format") != fmt or meta["indices"] != indices
+                             or cache_fields(meta["model"]) != cache_fields(cfg.to_dict())):
         raise ValueError(f"{out} holds a cache of other samples or another config; remove it or choose another folder")
     done = meta["done"] if meta else 0
     mode = "r+" if meta else "w+"
-    arrays = {k: np.lib.format.open_memmap(out / f"{k}.npy", mode=mode, dtype=np.float16, shape=s)
-              for k, s in _shapes(cfg, len(indices)).items()}
-    meta = {"format": FORMAT, "indices": indices, "model": cfg.to_dict(), "done": done}
+    arrays = {k: np.lib.format.open_memmap(out / f"{k}.npy", mode=mode, dtype=dtype, shape=(len(indices), *s[1:]))
+              for k, (s, dtype) in shapes.items()}
+    meta = {"format": fmt, "indices": indices, "model": cfg.to_dict(), "done": done}
     loader = DataLoader(Subset(samples, indices[done:]), batch_size=batch_size, num_workers=workers,
                         persistent_workers=False)
-    bar = tqdm(total=len(indices), initial=done, disable=not progress, unit="sample", desc="encode samples")
-    vae = vae.eval()
+    bar = tqdm(total=len(indices), initial=done, disable=not progress, unit="sample", desc=desc)
     for batch in loader:
-        x0, refs, control = encode_batch(vae, batch)
-        n = x0.shape[0]
-        for k, v in (("x0", x0), ("refs", refs), ("control", control)):
-            arrays[k][done : done + n] = v.cpu().numpy().astype(np.float16)
+        encoded = encode(batch)
+        n = next(iter(encoded.values())).shape[0]
+        for k, v in encoded.items():
+            arrays[k][done : done + n] = v.cpu().numpy().astype(arrays[k].dtype)
         done += n
         for a in arrays.values():
             a.flush()
@@ -84,23 +100,31 @@ def build_cache(samples: Dataset, vae: torch.nn.Module, cfg: ModelConfig, out: s
     return out
 
 
-class CachedSamples(Dataset):
-    """The encoded samples of a finished cache, as float32 tensors."""
+class CachedArrays(Dataset):
+    """The samples of a finished `build_arrays` folder: key -> float32 tensor per sample."""
 
-    def __init__(self, root: str | Path, cfg: ModelConfig):
+    def __init__(self, root: str | Path, cfg: ModelConfig, fmt: str, keys: tuple[str, ...], what: str, how: str):
         root = Path(root)
         meta_file = root / "meta.json"
         if not meta_file.is_file():
-            raise FileNotFoundError(f"no DiT sample cache at {root} (build it with the dit stage's 'cache' option)")
+            raise FileNotFoundError(f"no {what} at {root} ({how})")
         meta = json.loads(meta_file.read_text())
-        if meta.get("format") != FORMAT or cache_fields(meta["model"]) != cache_fields(cfg.to_dict()):
-            raise ValueError(f"{root} is not a DiT sample cache for this model config")
+        if meta.get("format") != fmt or cache_fields(meta["model"]) != cache_fields(cfg.to_dict()):
+            raise ValueError(f"{root} is not a {what} for this model config")
         if meta["done"] < len(meta["indices"]):
             raise ValueError(f"{root} is unfinished ({meta['done']} of {len(meta['indices'])} samples)")
-        self.arrays = {k: np.load(root / f"{k}.npy", mmap_mode="r") for k in ("x0", "refs", "control")}
+        self.arrays = {k: np.load(root / f"{k}.npy", mmap_mode="r") for k in keys}
 
     def __len__(self) -> int:
-        return len(self.arrays["x0"])
+        return len(next(iter(self.arrays.values())))
 
     def __getitem__(self, i: int) -> dict:
         return {k: torch.from_numpy(np.asarray(a[i], np.float32)) for k, a in self.arrays.items()}
+
+
+class CachedSamples(CachedArrays):
+    """The encoded samples of a finished DiT cache, as float32 tensors."""
+
+    def __init__(self, root: str | Path, cfg: ModelConfig):
+        super().__init__(root, cfg, FORMAT, ("x0", "refs", "control"), "DiT sample cache",
+                         "build it with the dit stage's 'cache' option")

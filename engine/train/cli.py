@@ -1,17 +1,19 @@
 """`spatia train --config CONFIG`: run one training stage described by a JSON file (configs live in models/configs/).
 
-    {"stage": "vae" | "dit",
+    {"stage": "vae" | "dit" | "control",
      "model": "tiny",                      preset name (engine.model.configs), "overrides": {...} optional
      "data": "data/world128",              a folder written by `spatia world dataset`
      "out": "runs/tiny-vae",               checkpoints (exact resume), loss.png, and the exported EMA weights
-     "vae": "runs/tiny-vae/export",        dit stage only: the trained VAE to freeze
+     "vae": "runs/tiny-vae/export",        dit stage: the trained VAE to freeze; control stage: the trained model
+                                           whose VAE teaches the control encoder (its DiT and VAE are exported with it)
      "export": "models/tiny",              optional: where the final model (vae + dit) is written
      "init": "runs/tiny-vae/export",       optional: start from these exported weights (vae or dit stage)
      "freeze_encoder": true,               vae stage, optional: train the decoder only (latents stay valid)
      "settings": {...},                    engine.train.loop.TrainSettings fields
      "loss": {...},                        stage options (vae: kl_weight, depth_weight; dit: DitLossSettings fields)
      "samples": {...},                     dit stage: engine.train.dit.SampleSettings fields
-     "cache": "data/tiny-dit-cache",       dit stage, optional: encode the samples once (engine.train.cache)
+     "cache": "data/tiny-dit-cache",       dit stage, optional: encode the samples once (engine.train.cache);
+                                           control stage, required: the teacher's latents (engine.train.control)
      "cache_every": 2}                     ...keeping every n-th sample
 
 Runs resume from `out/checkpoint.pt` when it exists. Under torchrun, every rank runs this same command (DDP, gloo on
@@ -48,9 +50,21 @@ def load_config(path: str | Path) -> dict:
     for key in ("stage", "model", "data", "out"):
         if key not in cfg:
             raise SystemExit(f"error: {path} lacks the key {key!r}")
-    if cfg["stage"] not in ("vae", "dit"):
-        raise SystemExit(f"error: {path}: stage must be 'vae' or 'dit', got {cfg['stage']!r}")
+    if cfg["stage"] not in ("vae", "dit", "control"):
+        raise SystemExit(f"error: {path}: stage must be 'vae', 'dit' or 'control', got {cfg['stage']!r}")
+    if cfg["stage"] == "control" and not (cfg.get("vae") and cfg.get("cache")):
+        raise SystemExit(f"error: {path}: the control stage needs 'vae' (the teacher model) and 'cache'")
     return cfg
+
+
+def dit_samples(conf: dict, cfg, settings):
+    """The DiT stage's raw samples of conf["data"] (its "samples" settings)."""
+    from engine.train.dit import SampleSettings, SpatiaSamples
+
+    samples = dict(conf.get("samples", {}))
+    if "depth_range" in samples:
+        samples["depth_range"] = tuple(samples["depth_range"])
+    return SpatiaSamples(conf["data"], cfg, SampleSettings(**samples), seed=settings.seed)
 
 
 def trainer_rank() -> int:
@@ -98,15 +112,35 @@ def run(args: argparse.Namespace) -> int:
             model_copy = build_vae(cfg)
             model_copy.load_state_dict(trainer.ema_model_state())
             save_checkpoint(out / "export", cfg, vae=model_copy, extra={"stage": "vae", "step": trainer.state.step})
+    elif conf["stage"] == "control":
+        from engine.model.control_encoder import ControlEncoder
+        from engine.train.control import ControlData, build_control_data, make_control_loss
+
+        teacher = load_checkpoint(conf["vae"], parts=("dit", "vae"))  # as stored: exported unchanged
+        teacher_vae = load_checkpoint(conf["vae"], device=device, dtype=torch.float32, parts=("vae",)).vae
+        # the exported model keeps the teacher's config; "overrides" may set the control encoder's widths
+        cfg = ModelConfig.from_dict({**teacher.cfg.to_dict(), **conf.get("overrides", {})})
+        if trainer_rank() == 0:
+            build_control_data(dit_samples(conf, cfg, settings), teacher_vae, cfg, conf["cache"],
+                               every=conf.get("cache_every", 1), workers=conf.get("cache_workers", 1),
+                               progress=not args.quiet)
+        if dist.is_initialized():
+            dist.barrier()
+        data = ControlData(conf["cache"], cfg)
+        model = ControlEncoder(cfg)
+        loss_fn = make_control_loss()
+
+        def export(trainer):
+            student = ControlEncoder(cfg)
+            student.load_state_dict(trainer.ema_model_state())
+            extra = dict(teacher.extra, control={"step": trainer.state.step, "data": conf["data"]})
+            save_checkpoint(out / "export", cfg, dit=teacher.dit, vae=teacher.vae, control=student, extra=extra)
     else:
         from engine.model.dit import SpatiaDiT
-        from engine.train.dit import DitLossSettings, SampleSettings, SpatiaSamples, make_dit_loss
+        from engine.train.dit import DitLossSettings, make_dit_loss
 
         vae = load_checkpoint(conf["vae"], device=device, parts=("vae",)).vae
-        samples = conf.get("samples", {})
-        if "depth_range" in samples:
-            samples["depth_range"] = tuple(samples["depth_range"])
-        data = SpatiaSamples(conf["data"], cfg, SampleSettings(**samples), seed=settings.seed)
+        data = dit_samples(conf, cfg, settings)
         if conf.get("cache"):
             from engine.train.cache import CachedSamples, build_cache
 

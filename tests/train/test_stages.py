@@ -157,3 +157,57 @@ def test_train_command_exports_beside_a_model_card(world32, tmp_path, monkeypatc
     assert (dest / "MODEL_CARD.md").read_text() == "card"  # the export replaces weights, not the folder
     assert load_checkpoint(dest, parts=("vae",)).cfg.latent_channels == 8
     assert (dest / "loss-vae.png").is_file()
+
+
+def test_control_stage_distils_the_vae_and_exports_the_whole_model(world32, tmp_path, monkeypatch):
+    import json
+
+    from safetensors.torch import load_file
+
+    from engine.cli import main
+    from engine.model.checkpoint import load_checkpoint, save_checkpoint
+    from engine.model.control_encoder import ControlEncoder
+    from engine.train.control import ControlData, build_control_data, make_control_loss
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    cfg = tiny_test_config()
+    torch.manual_seed(0)
+    vae = VideoVAE(cfg).eval()
+    samples = SpatiaSamples(world32, cfg, SampleSettings(min_context=4, start_step=1))
+    build_control_data(samples, vae, cfg, tmp_path / "distil", every=2, batch_size=4, workers=0, progress=False)
+    data = ControlData(tmp_path / "distil", cfg)
+    assert len(data) == len(range(0, len(samples), 2))
+    item = data[1]
+    raw = samples[2]
+    torch.testing.assert_close(item["scene"][:3], raw["scene"][:3], rtol=0, atol=0.5 / 255)  # stored as uint8
+    with torch.no_grad():  # the stored target is the teacher's latents of the stored inputs
+        teacher = vae.encode_control(item["scene"][None], item["coverage"][None])[0]
+    torch.testing.assert_close(item["target"], teacher, rtol=2e-3, atol=2e-3)
+    with pytest.raises(ValueError, match="not a control distillation data"):
+        ControlData(tmp_path / "distil", tiny_test_config(latent_channels=4))
+
+    torch.manual_seed(1)
+    trainer = Trainer(ControlEncoder(cfg), make_control_loss(), data,
+                      TrainSettings(steps=60, batch_size=4, lr=3e-3, warmup_steps=5, log_every=10, ckpt_every=1000),
+                      tmp_path / "run")
+    state = trainer.run(progress=False)
+    assert state.history[-1]["loss"] < 0.5 * state.history[0]["loss"]
+    assert state.history[-1]["rel"] < state.history[0]["rel"]
+
+    # the command: the teacher's DiT and VAE exported unchanged beside the new control encoder
+    model = save_checkpoint(tmp_path / "model", cfg, dit=SpatiaDiT(cfg), vae=vae, extra={"stage": "dit"})
+    conf = {"stage": "control", "model": "tiny", "data": str(world32), "vae": str(model), "out": str(tmp_path / "cli"),
+            "cache": str(tmp_path / "distil"), "cache_every": 2, "export": str(model),
+            "samples": {"min_context": 4, "start_step": 1},
+            "settings": {"steps": 2, "batch_size": 2, "warmup_steps": 1, "ckpt_every": 2, "log_every": 1}}
+    (tmp_path / "control.json").write_text(json.dumps(conf))
+    before = {p: load_file(model / p) for p in ("dit.safetensors", "vae.safetensors")}
+    assert main(["train", "--config", str(tmp_path / "control.json"), "--quiet", "--threads", "1"]) == 0
+    for p, tensors in before.items():  # bit-exact, dtype included
+        after = load_file(model / p)
+        assert after.keys() == tensors.keys()
+        for k, v in tensors.items():
+            assert after[k].dtype == v.dtype and torch.equal(after[k], v), (p, k)
+    ckpt = load_checkpoint(model)
+    assert ckpt.control is not None and ckpt.extra["stage"] == "dit" and ckpt.extra["control"]["step"] == 2
+    assert (model / "loss-control.png").is_file()
