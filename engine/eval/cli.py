@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lpips-weights", default=None, help="LPIPS backbone weights (or SPATIA_LPIPS_WEIGHTS)")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     parser.add_argument("--retrieval", default=None, choices=("release", "alg1"))
+    parser.add_argument("--control-encoder", default="auto", choices=("auto", "distilled", "vae"),
+                        help="the scene video's encoder: the model's distilled one (auto: where shipped) or its VAE's")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         from engine.eval.suite import run_suite
         from engine.pipeline import WorldModel
 
-        model = WorldModel.load(args.model)
+        model = WorldModel.load(args.model, control_encoder=args.control_encoder)
         suite = run_suite(model, cfg, progress=not args.no_progress)
     except (FileNotFoundError, ValueError, MatcherUnavailable, EvalError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -7,12 +7,13 @@ network maps the same inputs to the same latents at about a fifth of the cost, w
 
     frames [B, C + 1, F, H, W]  scene (model space) ++ coverage (-1 / +1), pixel-unshuffled by vae_patch
       -> per frame: conv, residual block, stride-2 convs down to the latent grid   [B*F, 2 * dim, h, w]
-      -> per latent frame: the features of its frames and of the frame before them, stacked on channels
-         (zeros before the clip's first frame, as the VAE's causal padding), a residual block, a 3x3 head
+      -> per latent frame: the features of its frames and of the tc + 1 frames before them, stacked on
+         channels (zeros before the clip's first frame, as the VAE's causal padding), a residual block, a 3x3 head
          -> [B, 2z, f, h, w] = scene latents ++ coverage latents, normalised like `encode_control`'s
 
-Latent 0 sees frame 0 alone; latent k >= 1 sees frames 4k - 4 .. 4k (temporal_compression + 1 frames). So a clip
-streamed in parts gives exactly the latents of one pass, with a state that holds only the last frame's features.
+Latent 0 sees frame 0 alone; latent k >= 1 sees frames 4k - 8 .. 4k (2 * temporal_compression + 1 frames, those
+before frame 0 as zeros), as the VAE's latents depend on more than their own frames. A clip streamed in parts
+gives exactly the latents of one pass, with a state that holds the last temporal_compression + 1 frames' features.
 
     enc = ControlEncoder(cfg)
     ctl = enc.encode_control(scene, mask)            same call as VideoVAE.encode_control, same shapes
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from engine.model.configs import ModelConfig
 from engine.model.vae import depth_to_unit, pixel_unshuffle
 
-State = dict  # {"last": features of the previous part's last frame [B, 2 * dim, h, w]}
+State = dict  # {"last": features of the previous part's last tc + 1 frames (zeros before frame 0) [B, tc + 1, D, h, w]}
 
 
 class _Residual(nn.Module):
@@ -65,7 +66,8 @@ class ControlEncoder(nn.Module):
         self.frame_down = nn.Sequential(*layers)
         self.frame_out = _Residual(2 * dim)
         self.feature_dim = 2 * dim
-        self.group_in = nn.Conv2d((cfg.temporal_compression + 1) * 2 * dim, group_dim, 1)
+        self.window = 2 * cfg.temporal_compression + 1  # frames behind one latent (its own tc, and tc + 1 before)
+        self.group_in = nn.Conv2d(self.window * 2 * dim, group_dim, 1)
         self.group_res = _Residual(group_dim)
         self.head = nn.Conv2d(group_dim, 2 * cfg.latent_channels, 3, padding=1)
 
@@ -78,7 +80,7 @@ class ControlEncoder(nn.Module):
 
         Without a state (or with an empty one) x is a whole clip or its first part: 1 + k * tc frames. With a
         state from an earlier part, x holds whole groups of tc frames that continue it. The state is updated in
-        place (the last frame's features)."""
+        place (the last tc + 1 frames' features)."""
         b, _, frames, hp, wp = x.shape
         tc = self.cfg.temporal_compression
         feats = self.frame_features(x.transpose(1, 2).reshape(b * frames, -1, hp, wp))
@@ -86,16 +88,16 @@ class ControlEncoder(nn.Module):
         if state:
             if frames % tc:
                 raise ValueError(f"a later part of a streamed clip needs a multiple of {tc} frames; got {frames}")
-            padded = torch.cat([state["last"][:, None], feats], 1)  # [B, 1 + F, D, h, w]
+            padded = torch.cat([state["last"], feats], 1)  # [B, tc + 1 + F, D, h, w]
         else:
             self.cfg.video_to_latent_frames(frames)  # validates the frame count
-            padded = torch.cat([feats.new_zeros(b, tc, *feats.shape[2:]), feats], 1)  # causal zeros before frame 0
+            padded = torch.cat([feats.new_zeros(b, 2 * tc, *feats.shape[2:]), feats], 1)  # causal zeros before frame 0
         if state is not None:
-            state["last"] = feats[:, -1]
-        # latent j covers padded frames [j * tc, j * tc + tc] (tc + 1 frames, overlapping by one)
-        groups = padded.unfold(1, tc + 1, tc)  # [B, f, D, h, w, tc + 1]
+            state["last"] = padded[:, -(tc + 1):]  # what the next part's first window needs from this one
+        # latent j covers padded frames [j * tc, j * tc + 2 * tc] (2 * tc + 1 frames; consecutive windows overlap)
+        groups = padded.unfold(1, self.window, tc)  # [B, f, D, h, w, window]
         f = groups.shape[1]
-        groups = groups.permute(0, 1, 5, 2, 3, 4).reshape(b * f, (tc + 1) * self.feature_dim, *feats.shape[-2:])
+        groups = groups.permute(0, 1, 5, 2, 3, 4).reshape(b * f, self.window * self.feature_dim, *feats.shape[-2:])
         z = self.head(F.silu(self.group_res(self.group_in(groups))))  # [B*f, 2z, h, w]
         return z.unflatten(0, (b, f)).transpose(1, 2)
 

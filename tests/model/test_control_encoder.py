@@ -47,13 +47,18 @@ def test_streamed_parts_give_one_pass_and_forks_stay_apart():
         again = enc.encode_control(scene[:, :, 1:5], mask[:, :, 1:5], fork)
     torch.testing.assert_close(torch.cat([first, rest], 2), whole, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(again, whole[:, :, 1:2], rtol=1e-5, atol=1e-5)
-    # each latent sees its own frames: changing the last frame changes only the last latent
+    # causal: changing the last frame changes only the last latent; a latent also sees the group before its own
     scene2 = scene.clone()
     scene2[:, :, -1] = 0.5
+    scene3 = scene.clone()
+    scene3[:, :, 1] = 0.5
     with torch.no_grad():
-        changed = enc.encode_control(scene2, mask)
-    torch.testing.assert_close(changed[:, :, :2], whole[:, :, :2])
-    assert not torch.allclose(changed[:, :, 2], whole[:, :, 2])
+        changed_last = enc.encode_control(scene2, mask)
+        changed_early = enc.encode_control(scene3, mask)
+    torch.testing.assert_close(changed_last[:, :, :2], whole[:, :, :2])
+    assert not torch.allclose(changed_last[:, :, 2], whole[:, :, 2])
+    torch.testing.assert_close(changed_early[:, :, 0], whole[:, :, 0])
+    assert not torch.allclose(changed_early[:, :, 2], whole[:, :, 2])  # frame 1 is in latent 2's window
 
 
 def test_bad_inputs_are_refused_with_the_reason():
@@ -63,7 +68,9 @@ def test_bad_inputs_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="1 \\+ k"):
         enc.encode_control(scene[:, :, :4], mask[:, :, :4])
     with pytest.raises(ValueError, match="multiple of"):
-        enc.encode_control(scene[:, :, :3], mask[:, :, :3], {"last": torch.zeros(1, enc.feature_dim, 1, 1)})
+        state: dict = {}
+        enc.encode_control(scene[:, :, :1], mask[:, :, :1], state)
+        enc.encode_control(scene[:, :, 1:4], mask[:, :, 1:4], state)
     with pytest.raises(ValueError, match="mask must be"):
         enc.encode_control(scene, mask[:, :, :5])
     with pytest.raises(ValueError, match="scene must be"):
