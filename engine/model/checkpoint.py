@@ -147,7 +147,11 @@ def load_checkpoint(
         if name == "dit" and meta.get("lora"):
             lora = meta["lora"]
             inject_lora(module, lora["rank"], lora["alpha"], targets=tuple(lora["targets"]))
-        load_state_dict_strict(module, load_file(str(file)), str(file), assign=True)
+        try:
+            state = load_file(str(file))
+        except Exception as e:  # safetensors raises its own error type for truncated or garbled files
+            raise ValueError(f"{file} is not a readable safetensors file ({e}); restore or re-export it") from e
+        load_state_dict_strict(module, state, str(file), assign=True)
         if dtype is not None:
             module.to(dtype)
         setattr(ckpt, name, module.to(device).eval())

@@ -101,3 +101,13 @@ def test_checkpoint_ships_it_and_the_model_uses_it(tmp_path):
         WorldModel.load(without, control_encoder="distilled")
     with pytest.raises(ValueError, match="control_encoder must be"):
         WorldModel.load(without, control_encoder="fast")
+
+
+def test_a_damaged_weights_file_is_named_in_the_error(tmp_path):
+    cfg = tiny_test_config()
+    path = save_checkpoint(tmp_path / "m", cfg, dit=SpatiaDiT(cfg), vae=VideoVAE(cfg), control=ControlEncoder(cfg))
+    data = (path / "control.safetensors").read_bytes()
+    (path / "control.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="control.safetensors is not a readable safetensors file"):
+        WorldModel.load(path)
+    WorldModel.load(path, control_encoder="vae")  # the other parts still load without it
