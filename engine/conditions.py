@@ -30,6 +30,7 @@ from engine.memory.pointcloud import SpatialMemory
 from engine.memory.render import render
 from engine.model.configs import ModelConfig
 from engine.model.dit import ContextCache
+from engine.model.sampler import fill_context
 from engine.model.vae import DecodeCache
 
 
@@ -147,7 +148,7 @@ def prepare_context(model, memory: SpatialMemory, history, refs: Sequence, ref_i
 
     history: the stored frame the chunk continues from (.index, .rgb, .depth, .camera); refs: the chunk's reference
     frames, chosen before its poses are known."""
-    cfg, vae, dit, dev = model.cfg, model.vae, model.dit, model.device
+    cfg, vae, dit = model.cfg, model.vae, model.dit
     if cfg.attention_layout != "context":
         raise ValueError(f"preparing a context needs attention_layout 'context'; model {cfg.name!r} is "
                          f"{cfg.attention_layout!r}")
@@ -158,10 +159,7 @@ def prepare_context(model, memory: SpatialMemory, history, refs: Sequence, ref_i
     cache = ContextCache()
     decode = vae.new_decode_cache()
     with torch.no_grad():
-        dtype = next(dit.parameters()).dtype
-        dit(hist_latent.to(dtype), torch.zeros(1, 1, device=dev),
-            refs=None if ref_latents is None else ref_latents.to(dtype), control=control.to(dtype), cache=cache,
-            history_frames=1)
+        fill_context(dit, hist_latent, ref_latents, control, cache)
         vae.decode_step(hist_latent, decode)
     cond = Conditions(hist_latent, ref_latents, control, out.rgb, out.depth, out.coverage, list(ref_ids))
     return PreparedContext(key, cond, state, cache, decode)

@@ -45,6 +45,7 @@ from engine.model.layers import (
     RMSNorm,
     apply_rope,
     attention,
+    dense,
     rope_freqs,
     modulate,
     rope_angles,
@@ -108,7 +109,9 @@ class SelfAttention(nn.Module):
             out = attention(q, k, v, backend)
         else:
             if slot is not None:
-                slot["k"], slot["v"] = k[:, :split], v[:, :split]
+                # stored dense: a context filled within a whole chunk must look like one filled alone (a prepared
+                # context) to a compiled DiT, which guards on strides
+                slot["k"], slot["v"] = dense(k[:, :split]), dense(v[:, :split])
             out = attention(q[:, :split], k[:, :split], v[:, :split], backend)
             if split < n:
                 out = torch.cat([out, attention(q[:, split:], k, v, backend)], 1)

@@ -17,6 +17,17 @@ ATTENTION_BACKENDS = ("sdpa", "math")
 
 
 # --------------------------------------------------------------------------------------------- attention
+def dense(a: torch.Tensor) -> torch.Tensor:
+    """`a` in row-major layout with the strides `torch.empty(a.shape)` would have, size-1 dimensions included
+    (`contiguous()` keeps any stride there). A compiled DiT guards on input strides: a permuted or sliced condition,
+    or one reference instead of several, must not look new and build another graph."""
+    expected, step = [], 1
+    for size in reversed(a.shape):
+        expected.append(step)
+        step *= size
+    return a if a.stride() == tuple(reversed(expected)) else a.clone(memory_format=torch.contiguous_format)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
     """Full (bidirectional) multi-head attention. q [B, Lq, H, D], k/v [B, Lk, H, D] -> [B, Lq, H, D]."""
     if backend == "sdpa":

@@ -31,6 +31,7 @@ import torch
 
 from engine.model.configs import CFG_DROPS, SOLVERS, ModelConfig
 from engine.model.dit import ContextCache
+from engine.model.layers import dense
 
 
 class SamplingCancelled(RuntimeError):
@@ -93,6 +94,18 @@ def _euler_step(x: torch.Tensor, v: torch.Tensor, sigma: float, sigma_next: floa
 
 
 @torch.no_grad()
+def fill_context(dit: torch.nn.Module, history: torch.Tensor, refs: torch.Tensor | None, control: torch.Tensor | None,
+                 cache: ContextCache) -> None:
+    """Fill `cache` with the keys/values of [refs | history] (a prepared context, attention_layout "context"):
+    history [B, z, Fh, h, w], refs [B, z, K, h, w] or None, control [B, 2z, Fh, h, w] (the history's) or None.
+    `sample(..., context=cache)` then runs the target tokens alone."""
+    param = next(dit.parameters())
+    cast = lambda a: None if a is None else dense(a.to(device=param.device, dtype=param.dtype))  # noqa: E731
+    fh = history.shape[2]
+    dit(cast(history), torch.zeros(history.shape[0], fh, device=param.device), refs=cast(refs), control=cast(control),
+        cache=cache, history_frames=fh)
+
+
 def sample(
     dit: torch.nn.Module,
     cfg: ModelConfig,
@@ -152,7 +165,7 @@ def sample(
     elif tuple(noise.shape) != shape:
         raise ValueError(f"noise must be {list(shape)}; got {list(noise.shape)}")
 
-    cast = lambda a: None if a is None else a.to(device=device, dtype=dtype)  # noqa: E731
+    cast = lambda a: None if a is None else dense(a.to(device=device, dtype=dtype))  # noqa: E731  (see `dense`)
     history, refs, control, text, text_uncond = map(cast, (history, refs, control, text, text_uncond))
     x = noise.to(device=device, dtype=torch.float32)  # integrate in float32 whatever the model dtype
     drop_text, drop_refs = "text" in cfg_drop, "refs" in cfg_drop

@@ -80,30 +80,46 @@ def test_warm_up_runs_the_dit_on_every_shape_a_session_brings():
 
 
 def test_compile_warm_up_leaves_nothing_to_compile_during_a_session(monkeypatch):
-    """After `warm_up`, chunks of every shape a session brings reuse graphs: a recompile in the middle of a walk
-    stalls it for seconds (seen on a GPU before the RoPE cache was kept out of the graphs). Dynamo alone is enough
-    to see recompiles, so the graphs run eagerly here instead of being code-generated."""
+    """After `warm_up`, a session's chunks reuse graphs whatever their path: full chunks, the server's 1-step short
+    chunks with the last chunk's references, and chunks from a prepared context. A recompile in the middle of a
+    walk stalls it for seconds (seen on a GPU: the RoPE cache, then strides of sliced conditions and of context
+    keys/values filled within a chunk). Dynamo alone is enough to see recompiles, so the graphs run eagerly here
+    instead of being code-generated."""
+    import numpy as np
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    from engine.model.sampler import sample
+    from engine.pipeline import SessionOptions, WorldModel, WorldSession
+    from tests.test_pipeline import INTR, room_rgbd, turn
 
     compile_ = torch.compile
     monkeypatch.setattr(torch, "compile", lambda module, **kw: compile_(module, backend="eager", **kw))
     torch._dynamo.reset()
     counters.clear()
     cfg = tiny_test_config(num_refs=1)  # shapes: 0 or 1 reference x a short or a full chunk
-    torch.manual_seed(0)
-    dit, name = apply_backend(SpatiaDiT(cfg).eval(), cfg, "compile")
-    warm_up(dit, cfg)
+    model = WorldModel.random(cfg)
+    model.dit, _ = apply_backend(model.dit, cfg, "compile")
+    warm_up(model.dit, cfg)
     built = counters["frames"]["total"]
     assert built >= len(warm_up_shapes(cfg))
-    z, h, w = cfg.latent_channels, cfg.latent_height, cfg.latent_width
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for k, f in reversed(warm_up_shapes(cfg)):  # another order than the warm-up's
-            sample(dit, cfg, history=torch.randn(1, z, 1, h, w, generator=g),
-                   refs=torch.randn(1, z, k, h, w, generator=g) if k else None,
-                   control=torch.randn(1, 2 * z, 1 + f, h, w, generator=g), target_frames=f, generator=g)
+
+    session = WorldSession(model, SessionOptions(segmentation=None, voxel_size=0.05, seed=3))
+    rgb, depth, _ = room_rgbd()
+    session.open_rgbd(rgb, depth, np.eye(4), INTR)
+    yaw = 0.0
+
+    def path(n):
+        nonlocal yaw
+        yaw += 3.0 * n
+        return np.stack([turn(np.eye(4), yaw - 3.0 * (n - 1 - i)) for i in range(n)])
+
+    tc, n = cfg.temporal_compression, session.chunk_frames
+    for _ in range(2):  # the first round has no references yet, the second has one
+        session.generate_chunk(path(n), INTR)
+        session.generate_chunk(path(tc), INTR, latent_frames=1, steps=1, previous_refs=True)  # the server's short chunk
+        assert session.prepare(None, None) > 0
+        session.generate_chunk(path(tc), INTR, latent_frames=1, steps=1, previous_refs=True)
+        assert session.prepare(None, None) > 0
+        assert "prepared_ms" in session.generate_chunk(path(n), INTR).timings
     assert counters["frames"]["total"] == built  # nothing compiled after the warm-up
     torch._dynamo.reset()

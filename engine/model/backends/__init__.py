@@ -58,12 +58,13 @@ def warm_up_shapes(cfg) -> list[tuple[int, int]]:
 
 
 def warm_up(dit: torch.nn.Module, cfg, steps: int | None = None, seed: int = 0) -> float:
-    """Sample one chunk of random latents for each of `warm_up_shapes(cfg)`, so a compiled backend builds its
-    graphs before the server answers anyone (otherwise the first chunks of a walk stall for seconds). Returns the
-    seconds it took."""
+    """Sample one chunk of random latents for each of `warm_up_shapes(cfg)`, in one go and (attention_layout
+    "context") from a prepared context as `WorldSession.prepare` makes it, so a compiled backend builds its graphs
+    before the server answers anyone (otherwise chunks of a walk stall for seconds). Returns the seconds it took."""
     import time
 
-    from engine.model.sampler import sample
+    from engine.model.dit import ContextCache
+    from engine.model.sampler import fill_context, sample
 
     param = next(dit.parameters())
     g = torch.Generator().manual_seed(seed)
@@ -75,9 +76,16 @@ def warm_up(dit: torch.nn.Module, cfg, steps: int | None = None, seed: int = 0) 
     t0 = time.perf_counter()
     with torch.no_grad():
         for k, f in warm_up_shapes(cfg):
-            sample(dit, cfg, history=rand(1, z, fh, h, w) if fh else None, refs=rand(1, z, k, h, w) if k else None,
-                   control=rand(1, cfg.control_in_channels, fh + f, h, w), target_frames=f, steps=steps,
-                   text=rand(1, cfg.text_len, cfg.text_dim) if cfg.text_dim is not None else None, generator=g)
+            history, refs = rand(1, z, fh, h, w) if fh else None, rand(1, z, k, h, w) if k else None
+            control = rand(1, cfg.control_in_channels, fh + f, h, w)
+            text = rand(1, cfg.text_len, cfg.text_dim) if cfg.text_dim is not None else None
+            sample(dit, cfg, history=history, refs=refs, control=control, target_frames=f, steps=steps, text=text,
+                   generator=g)
+            if cfg.attention_layout == "context" and fh and text is None:  # what a prepared context runs
+                context = ContextCache()
+                fill_context(dit, history, refs, control[:, :, :fh], context)
+                sample(dit, cfg, control=control[:, :, fh:], context=context, target_frames=f, steps=steps,
+                       generator=g)
     if param.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
