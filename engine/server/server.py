@@ -64,6 +64,7 @@ class Slot:
     session: WorldSession | None = None
     newest: P.NewestWins = field(default_factory=P.NewestWins)
     queue: np.ndarray = field(default_factory=lambda: np.zeros((0, 4, 4)))  # [n, 4, 4] poses still to generate
+    generated: np.ndarray = field(default_factory=lambda: np.zeros((0, 4, 4)))  # [k, 4, 4] the last chunk's poses
     intrinsics: np.ndarray | None = None
     seq: int = 0
     t_input: float = 0.0
@@ -88,19 +89,21 @@ def to_wire_delta(delta: EngineDelta, voxel_size: float) -> P.MemoryDelta:
                          recolored_rgb=delta.recolored_rgb)
 
 
-def continues_path(new: np.ndarray, path: np.ndarray, in_flight: int) -> bool:
-    """Does the path new [N, 4, 4] continue path [M, 4, 4], whose first `in_flight` poses are being generated?
+def continuation(new: np.ndarray, path: np.ndarray, covered: int) -> int | None:
+    """Does the path new [N, 4, 4] continue path [M, 4, 4], whose first `covered` poses are generated or being
+    generated? None if not; else how many of new's first poses repeat covered ones (what to skip).
 
-    It must start near one of the path's poses (the nearest one, j) and, over the poses it shares with the chunk in
-    flight (new[i] against path[j + i] for j + i < in_flight), stay on them."""
+    It must start near one of the path's poses (the nearest one, j) and, over the poses it shares with the covered
+    part (new[i] against path[j + i] for j + i < covered), stay on them. A client that is behind generation (the
+    server runs faster than real time) starts on poses already generated; one that is ahead starts past them."""
     metres, degrees = geometry.pose_distance(new[0], path)  # [M] each
     near = np.flatnonzero((metres <= CONTINUE_DISTANCE_M) & (degrees <= CONTINUE_ANGLE_DEG))
     if not len(near):
-        return False
+        return None
     j = int(near[np.argmin(metres[near] + degrees[near] / CONTINUE_ANGLE_DEG * CONTINUE_DISTANCE_M)])
-    shared = min(len(new), max(0, in_flight - j))  # poses of the new path over the chunk in flight
+    shared = min(len(new), max(0, covered - j))  # poses of the new path over the covered part
     metres, degrees = geometry.pose_distance(new[:shared], path[j : j + shared])
-    return bool(np.all(metres <= FOLLOW_DISTANCE_M) and np.all(degrees <= FOLLOW_ANGLE_DEG))
+    return shared if bool(np.all(metres <= FOLLOW_DISTANCE_M) and np.all(degrees <= FOLLOW_ANGLE_DEG)) else None
 
 
 class GenerationServer:
@@ -313,15 +316,21 @@ class GenerationServer:
         traj = slot.newest.take()
         w2c, intr = session.check_trajectory(traj.w2c, traj.intrinsics)
         in_flight = self._in_flight if slot is self.active else None
-        # the rest of the old path: the poses being, and still to be, generated. A new path that starts on it and
-        # follows the chunk in flight continues it (the client keeps a moving camera fed; when generation lags, it
-        # starts further along).
-        path = slot.queue if in_flight is None else np.concatenate([in_flight, slot.queue])
-        if not continues_path(w2c, path, 0 if in_flight is None else len(in_flight)):  # a turn, a stop, a start
-            slot.fresh = True
+        # the old path: the last chunk's poses, those being generated and those still to be. A new path that starts
+        # on it and follows what is generated continues it (the client keeps a moving camera fed). When generation
+        # lags, the new path starts further along; when it runs ahead of real time, the new path starts on poses
+        # already generated, which are skipped (generated again, they would play the walk backwards and waste the
+        # time ahead), keeping more than a chunk of them: the client's streamer asks for the next path once fewer
+        # than a chunk of this one's poses are unanswered.
+        flying = np.zeros((0, 4, 4)) if in_flight is None else in_flight
+        path = np.concatenate([slot.generated, flying, slot.queue])
+        skip = continuation(w2c, path, len(slot.generated) + len(flying))
+        if skip is None:  # a turn, a stop, a start
+            slot.fresh, skip = True, 0
             if in_flight is not None:
                 slot.cancel = True  # the user left the path being generated: stop the stale chunk
-        slot.queue, slot.intrinsics, slot.seq, slot.t_input = w2c, intr, traj.seq, traj.t_input
+        skip = min(skip, max(0, len(w2c) - session.chunk_frames - 1))
+        slot.queue, slot.intrinsics, slot.seq, slot.t_input = w2c[skip:], intr, traj.seq, traj.t_input
 
     def on_cancel(self, slot: Slot, msg: P.Cancel) -> None:
         if msg.seq in (-1, slot.seq):
@@ -409,6 +418,7 @@ class GenerationServer:
         finally:
             self.active, self._in_flight = None, None
         self.stats["chunks"] += 1
+        slot.generated = poses[: len(result.rgb)]
         slot.dirty = True
         t0 = time.perf_counter()
         self.send(slot, to_wire_delta(result.delta, session.memory.voxel_size))

@@ -115,18 +115,36 @@ def test_a_path_that_continues_the_one_in_flight_does_not_cancel_it(tiny_checkpo
         np.testing.assert_allclose(frames[n // 2].w2c, walk[2 * n])  # it jumped ahead to the new start
 
 
-def test_continues_path_needs_the_new_path_to_follow_the_chunk_in_flight():
-    from engine.server.server import continues_path
+def test_a_path_that_starts_on_generated_poses_is_not_generated_again(tiny_checkpoint, tmp_path, ctx):
+    """A server faster than real time is ahead of the client's clock: the client's next path starts on poses whose
+    frames it already has. They are skipped (generated again, the video would walk backwards)."""
+    with ServerProc(tiny_checkpoint, tmp_path / "sessions", tmp_path / "server.log") as server, \
+            RawClient(ctx, server.address) as c:
+        caps, _, start = open_session(c)
+        n = caps.chunk_frames
+        walk = forward_poses(start.w2c, 4 * n)
+        c.send(P.Trajectory(seq=1, w2c=walk[: n + n // 2], intrinsics=INTR))
+        c.recv_path(n + n // 2)  # a short chunk, then a full one: walk[:1.5n] generated, the server idle
+        c.send(P.Trajectory(seq=2, w2c=walk[n : 4 * n], intrinsics=INTR))  # starts half a chunk back
+        msgs = c.recv_path(n)
+        frames = [m for m in msgs if m.type == "frame"]
+        done = [m for m in msgs if m.type == "clip_done"]
+        assert done[0].num_frames == n  # it continues the path: a full chunk, not a fresh path's short one
+        np.testing.assert_allclose(frames[0].w2c, walk[n + n // 2], atol=1e-6)  # after the last generated pose
 
-    walk = forward_poses(np.eye(4), 16)  # 4 cm per frame; the first 8 poses are in flight, 8 queued
+
+def test_a_continuing_path_follows_what_is_generated_and_skips_what_already_is():
+    from engine.server.server import continuation
+
+    walk = forward_poses(np.eye(4), 16)  # 4 cm per frame; the first 8 poses generated or in flight, 8 queued
     # yawed: the same centres, the view turning a little more every frame
-    assert continues_path(walk[3:11], walk, in_flight=8)  # still on the path
-    assert not continues_path(yawed(walk[3:11], 5.0), walk, in_flight=8)  # a turn that begins on the path
-    assert continues_path(yawed(walk[3:11], 0.15), walk, in_flight=8)  # within the follow tolerance
-    assert continues_path(yawed(walk[10:], 5.0), walk, in_flight=8)  # lagging: it starts past the chunk in flight
-    assert not continues_path(forward_poses(np.eye(4), 8, step=-0.3), walk, in_flight=8)  # somewhere else
+    assert continuation(walk[3:11], walk, covered=8) == 5  # on the path, 5 of its poses are generated already
+    assert continuation(yawed(walk[3:11], 5.0), walk, covered=8) is None  # a turn that begins on the path
+    assert continuation(yawed(walk[3:11], 0.15), walk, covered=8) == 5  # within the follow tolerance
+    assert continuation(yawed(walk[10:], 5.0), walk, covered=8) == 0  # lagging: it starts past what is generated
+    assert continuation(forward_poses(np.eye(4), 8, step=-0.3), walk, covered=8) is None  # somewhere else
     stop = np.repeat(walk[3:4], 8, axis=0)  # the user stopped where the chunk in flight walks on
-    assert not continues_path(stop, walk, in_flight=8)
+    assert continuation(stop, walk, covered=8) is None
 
 
 def test_an_idle_server_prepares_the_next_chunk_and_an_edit_makes_it_stale(tiny_checkpoint, tmp_path, ctx):
