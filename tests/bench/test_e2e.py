@@ -12,9 +12,12 @@ from engine.bench import e2e
 
 
 def _args(tmp_path, checkpoint, **over):
-    args = dict(model=str(checkpoint), configs="", backends="eager,tensorrt", clients="1", seconds=3.0, warmup_s=0.5,
+    parser = argparse.ArgumentParser()
+    e2e.add_arguments(parser)
+    args = vars(parser.parse_args([]))  # the command's defaults, so a new option cannot be missing here
+    args.update(model=str(checkpoint), backends="eager,tensorrt", clients="1", seconds=3.0, warmup_s=0.5,
                 warmup_clips=1, budget_s=60.0, start_timeout_s=90.0, threads=1, server_wait_policy="passive",
-                dtype="float32", walk=None, seed=0, out=tmp_path / "out", no_plots=False)
+                out=tmp_path / "out")
     args.update(over)
     return argparse.Namespace(**args)
 
