@@ -106,6 +106,7 @@ def fill_context(dit: torch.nn.Module, history: torch.Tensor, refs: torch.Tensor
         cache=cache, history_frames=fh)
 
 
+@torch.no_grad()
 def sample(
     dit: torch.nn.Module,
     cfg: ModelConfig,

@@ -119,6 +119,7 @@ def test_context_cache_gives_the_uncached_result(guidance):
               control=torch.randn(1, 2 * c, 3, h, w), steps=3, seed=0, guidance=guidance)
     cached, plain = sample(dit, cfg, **kw), sample(_NoCache(dit), cfg, **kw)
     torch.testing.assert_close(cached, plain, atol=1e-4, rtol=1e-4)
+    assert not cached.requires_grad  # sampling never builds an autograd graph, whoever calls it
 
 
 def test_guidance_passes_and_drops():
