@@ -261,6 +261,7 @@ class GenerationServer:
         if slot is self.active:
             slot.cancel = True
         slot.session, slot.queue, slot.dirty = session, np.zeros((0, 4, 4)), True
+        slot.generated, slot.fresh = np.zeros((0, 4, 4)), True  # nothing of the new session's path is generated
         self.autosave(slot)
         self.send(slot, P.Ack(ref_type=ref_type, message=detail))
         self.send(slot, to_wire_delta(session.memory.snapshot(), session.memory.voxel_size))
@@ -418,7 +419,8 @@ class GenerationServer:
         finally:
             self.active, self._in_flight = None, None
         self.stats["chunks"] += 1
-        slot.generated = poses[: len(result.rgb)]
+        if slot.session is session:  # (not when another session was opened while this chunk's frames went out)
+            slot.generated = poses[: len(result.rgb)]
         slot.dirty = True
         t0 = time.perf_counter()
         self.send(slot, to_wire_delta(result.delta, session.memory.voxel_size))

@@ -131,6 +131,17 @@ def test_a_path_that_starts_on_generated_poses_is_not_generated_again(tiny_check
         done = [m for m in msgs if m.type == "clip_done"]
         assert done[0].num_frames == n  # it continues the path: a full chunk, not a fresh path's short one
         np.testing.assert_allclose(frames[0].w2c, walk[n + n // 2], atol=1e-6)  # after the last generated pose
+        # a session opened anew has generated nothing: the same walk starts from its first pose, as a fresh path
+        c.send(P.Cancel(seq=-1))  # seq 2's later chunks: stopped, or finished if their frames were going out
+        c.send(P.OpenProcedural(seed=1))
+        start2 = c.recv_until(lambda m: m.type == "frame" and m.seq == 0)[-1]
+        np.testing.assert_allclose(start2.w2c, start.w2c)
+        # the same scene from the same start: a path beginning where the old session's generation ended
+        c.send(P.Trajectory(seq=3, w2c=walk[2 * n + n // 4 :], intrinsics=INTR))
+        got = c.recv_until(lambda m: m.type == "clip_done" and m.seq == 3)
+        msgs = [m for m in got if getattr(m, "seq", None) == 3]
+        assert msgs[-1].num_frames == n // 2  # the new session has generated nothing: a fresh path's short chunk
+        np.testing.assert_allclose(next(m for m in msgs if m.type == "frame").w2c, walk[2 * n + n // 4], atol=1e-6)
 
 
 def test_a_continuing_path_follows_what_is_generated_and_skips_what_already_is():
