@@ -45,6 +45,7 @@ from engine.model.sampler import SamplingCancelled, StepInfo, sample
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 SESSION_FORMAT, SESSION_VERSION = "spatia-session", 1
 CONTROL_ENCODERS = ("auto", "distilled", "vae")
+MIN_RETRIEVAL_POSES = 4  # target poses of a chunk that retrieval looks from, whatever the number of references
 
 
 class PipelineError(ValueError):
@@ -204,10 +205,11 @@ FrameCallback = Callable[[int, np.ndarray, np.ndarray | None, np.ndarray, dict],
 def retrieval_options(method: str, cfg: ModelConfig, k: int, max_candidates: int | None = None,
                       frames: int | None = None) -> dict:
     """Retrieval settings for one chunk of `frames` target poses (default cfg.chunk_frames): the release samples
-    target poses, spaced so K references can be found (and scores at most `max_candidates` stored frames, the
-    nearest in pose)."""
+    target poses, spaced so K references can be found and at least `MIN_RETRIEVAL_POSES` along the chunk (with
+    one pose, K = 1 looked only from the chunk's first pose and found nothing where the chunk turns towards
+    stored views), and scores at most `max_candidates` stored frames, the nearest in pose."""
     if method == "release":
-        every = max(1, (cfg.chunk_frames if frames is None else frames) // max(k, 1))
+        every = max(1, (cfg.chunk_frames if frames is None else frames) // max(k, MIN_RETRIEVAL_POSES))
         # visibility on 64-pixel renders: a 30k-point subsample of the memory picks the same frames as 100k in
         # a third of the time (measured on a 170k-point session)
         return {"k": k, "every": every, "max_candidates": max_candidates, "max_points": 30_000}

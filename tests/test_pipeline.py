@@ -256,3 +256,16 @@ def test_a_prepared_context_gives_the_chunk_it_would_have_made_anyway(model):
     ready.insert_points(np.array([[0.0, 0.0, 2.0]]), np.array([[255, 0, 0]], np.uint8))
     c = ready.generate_chunk(poses[: n // 2], INTR, latent_frames=1)
     assert "prepared_ms" not in c.timings and len(c.rgb) == n // 2
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_retrieval_looks_from_along_the_whole_chunk_for_any_number_of_references(k):
+    from engine.memory.retrieval import ReleaseRetrieval
+    from engine.pipeline import retrieval_options
+
+    cfg = tiny_test_config()
+    n = cfg.chunk_frames
+    chosen = ReleaseRetrieval(**retrieval_options("release", cfg, k)).target_indices(n)
+    assert len(chosen) >= min(4, n) and chosen[-1] >= n // 2  # not only the chunk's first pose (K = 1 did that)
+    short = ReleaseRetrieval(**retrieval_options("release", cfg, k, frames=n // 2)).target_indices(n // 2)
+    assert len(short) == n // 2  # a short chunk: every pose
