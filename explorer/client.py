@@ -309,7 +309,9 @@ class SentChunk:
     t_input: float
     input_driven: bool  # sent because the input changed (its first frame measures motion-to-frame latency)
     camera: Camera  # a copy of the camera when sent: with unchanged input it predicts the same path at any time
-    received: int = 0
+    sent_w2c: np.ndarray | None = None  # [N, 4, 4] the poses as sent (the server's world): frames carry one of them
+    received: int = 0  # frames of this chunk
+    answered: int = 0  # poses up to the newest one a frame answered (the server skips poses it already generated)
     latency_measured: bool = False
     t_real_sent: float = field(default_factory=time.perf_counter)  # wall clock, for runs on a simulated clock
 
@@ -325,7 +327,8 @@ class PoseStreamer:
       continuous mouse motion still gets frames (a newer chunk makes the server abandon the clip in flight, and
       sending on every mouse event would starve it). At most one unanswered input-driven chunk is in flight.
     - While the camera moves, a new chunk goes out when fewer than `chunk_frames` poses of the current one are
-      unanswered (its last clip is being decoded).
+      unanswered (its last clip is being decoded). A pose counts as answered once a frame of it or of a later pose
+      came (the server skips poses of a continuing path that it had generated already).
     - A resting camera sends nothing once its final path is out: the server idles.
     """
 
@@ -362,14 +365,14 @@ class PoseStreamer:
     @property
     def pending(self) -> int:
         """Poses of the newest chunk not yet answered by a frame (the server's queue)."""
-        return 0 if self.current is None else max(0, len(self.current.w2c) - self.current.received)
+        return 0 if self.current is None else max(0, len(self.current.w2c) - self.current.answered)
 
     def covered_until(self) -> float:
         """Client time of the newest answered pose along the path (how far generation has caught up)."""
         cur = self.current
         if cur is None or self.fps is None:
             return math.inf
-        return cur.t_sent + cur.received / self.fps
+        return cur.t_sent + cur.answered / self.fps
 
     def update(self, camera: Camera, now: float,
                to_server: Callable[[np.ndarray], np.ndarray] = lambda w2c: w2c) -> Trajectory | None:
@@ -391,7 +394,7 @@ class PoseStreamer:
             if self._differs(camera, n, now):
                 return self._send(camera, n, now, to_server, input_driven=True)
             self.input_dirty = False
-        if camera.moving and len(cur.w2c) - cur.received < self.chunk_frames:
+        if camera.moving and len(cur.w2c) - cur.answered < self.chunk_frames:
             return self._send(camera, n, now, to_server, input_driven=False)
         return None
 
@@ -408,7 +411,8 @@ class PoseStreamer:
         t_input = self.input_t if input_driven else now
         poses = camera.predict(n, self.fps)  # [n, 4, 4]
         traj = Trajectory(seq=self.seq, w2c=to_server(poses), intrinsics=self.intrinsics, t_input=t_input)
-        self.current = SentChunk(self.seq, now, poses, t_input, input_driven, copy.deepcopy(camera))
+        self.current = SentChunk(self.seq, now, poses, t_input, input_driven, copy.deepcopy(camera),
+                                 np.asarray(traj.w2c, np.float64))
         self.chunks[self.seq] = self.current
         while len(self.chunks) > self.config.keep_chunks:
             self.chunks.popitem(last=False)
@@ -421,6 +425,12 @@ class PoseStreamer:
         chunk = self.chunks.get(frame.seq)
         if chunk is not None:
             chunk.received += 1
+            # the pose this frame shows: frames carry their pose as sent and come in order, and the server may
+            # skip poses it had generated (a repeated pose, as at the end of a path coming to rest, counts once)
+            rest = chunk.sent_w2c[chunk.answered:]
+            if len(rest):
+                error = np.abs(rest - np.asarray(frame.w2c)).reshape(len(rest), -1).max(1)
+                chunk.answered += int(np.argmin(error)) + 1
 
     def latency(self, frame: Frame, now: float) -> tuple[float, float] | None:
         """For the first shown frame of an input-driven chunk: (seconds from the input to the screen on the app's

@@ -193,6 +193,26 @@ def test_streamer_sends_on_input_feeds_while_moving_and_rests():
     assert not cam.moving and s.update(cam, 3.5) is None  # resting: the server idles
 
 
+def test_streamer_counts_poses_the_server_skipped_as_answered():
+    s, cam = fresh_streamer(), CameraController()
+    cam.key_down("w")
+    s.note_input(0.0)
+    traj = s.update(cam, 0.0)  # 8 poses
+    answer(s, traj, 5)
+    feed = s.update(cam, 0.1)  # fewer than a chunk of poses left: the next path
+    assert feed is not None and feed.seq == 2 and s.pending == len(feed.w2c)
+    # the server skips the poses of the new path it had generated: its first frame shows the path's 4th pose
+    s.on_frame(Frame(index=200, seq=feed.seq, rgb=np.zeros((2, 2, 3), np.uint8), w2c=feed.w2c[3], t_input=0.1))
+    assert s.pending == len(feed.w2c) - 4 and s.current.received == 1
+    assert s.covered_until() == pytest.approx(0.1 + 4 / 10.0)
+    # a path coming to rest repeats its last pose: each frame of it answers the next one
+    rest = np.repeat(feed.w2c[4:5], 4, axis=0)
+    s.current.sent_w2c = np.concatenate([feed.w2c[:4], rest])
+    for _ in range(4):
+        s.on_frame(Frame(index=201, seq=feed.seq, rgb=np.zeros((2, 2, 3), np.uint8), w2c=rest[0], t_input=0.1))
+    assert s.pending == 0
+
+
 def test_streamer_ignores_input_that_leaves_the_path_as_it_was_and_honours_the_interval():
     s, cam = fresh_streamer(min_interval_s=0.5, stall_s=1.0), CameraController()
     clock = [0.0]
