@@ -45,6 +45,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worker-name", default="w0", help=argparse.SUPPRESS)
 
 
+# options of the broker itself (or set per worker): every other `spatia serve` option is passed on to the workers
+BROKER_ONLY = frozenset({"help", "bind", "keys", "workers", "worker_of", "worker_name", "threads"})
+
+
+def worker_options(args: argparse.Namespace) -> list[str]:
+    """The command-line options a broker's worker gets: all of the broker's own but BROKER_ONLY, as given."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    out: list[str] = []
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest in BROKER_ONLY or not action.option_strings or value is None:
+            continue
+        if action.nargs == 0:  # a flag
+            out += [action.option_strings[0]] if value else []
+        else:
+            out += [action.option_strings[0], str(value)]
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
@@ -151,17 +171,8 @@ def run_broker(args: argparse.Namespace) -> int:
 
             if torch.cuda.device_count() > 1:
                 env["CUDA_VISIBLE_DEVICES"] = str(i % torch.cuda.device_count())  # one GPU per worker
-        cmd = [sys.executable, "-m", "engine.cli", "serve", "--model", args.model, "--backend", args.backend,
-               "--sessions", args.sessions, "--worker-of", broker.backend_address, "--worker-name", f"w{i}",
-               "--threads", str(threads), "--retrieval", args.retrieval, "--log-level", args.log_level,
-               "--dtype", args.dtype, "--short-chunk-steps", str(args.short_chunk_steps),
-               "--short-chunk-refs", args.short_chunk_refs]
-        if args.no_short_chunks:
-            cmd.append("--no-short-chunks")
-        if args.resume:
-            cmd.append("--resume")
-        if args.device:
-            cmd += ["--device", args.device]
+        cmd = [sys.executable, "-m", "engine.cli", "serve", *worker_options(args), "--worker-of",
+               broker.backend_address, "--worker-name", f"w{i}", "--threads", str(threads)]
         workers.append(subprocess.Popen(cmd, env=env))
     signal.signal(signal.SIGTERM, lambda *_: broker.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: broker.stop_event.set())

@@ -115,3 +115,22 @@ def test_keys_are_not_overwritten_by_accident(tmp_path):
     make_keys(tmp_path)
     with pytest.raises(SecurityError, match="exists"):
         make_keys(tmp_path)
+
+
+def test_workers_get_every_serve_option_but_the_brokers_own():
+    """A broker starts its workers with its own command line: an option added to `spatia serve` must reach them."""
+    import argparse
+
+    from engine.server.cli import BROKER_ONLY, add_arguments, worker_options
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    given = parser.parse_args(["--model", "m", "--workers", "2", "--bind", "tcp://0.0.0.0:1", "--keys", "k",
+                               "--control-encoder", "vae", "--dtype", "bfloat16", "--no-short-chunks", "--resume",
+                               "--short-chunk-steps", "2", "--short-chunk-refs", "retrieve", "--device", "cpu"])
+    worker = parser.parse_args(worker_options(given))
+    for name, value in vars(given).items():
+        if name not in BROKER_ONLY:
+            assert getattr(worker, name) == value, name
+    assert worker.workers == 1 and worker.keys is None  # the broker's own options stay with it
+    assert "--device" not in worker_options(parser.parse_args([]))  # unset options are left unset
