@@ -478,13 +478,16 @@ class WorldSession:
             if candidates:
                 ref_ids = retrieve(opt.retrieval, targets, candidates, self.memory,
                                    **retrieval_options(opt.retrieval, cfg, k, opt.retrieval_candidates, len(targets)))
-        by_index = {f.index: f for f in self.frames}
-        return ref_ids, [by_index[i] for i, _ in ref_ids]
+        return self._stored_refs(ref_ids)
 
     def _previous_refs(self) -> tuple[list[tuple[int, float]], list[StoredFrame]]:
         """The last chunk's references that are still stored, as `_retrieve` returns them."""
+        return self._stored_refs(self._last_ref_ids)
+
+    def _stored_refs(self, ref_ids: list[tuple[int, float]]) -> tuple[list[tuple[int, float]], list[StoredFrame]]:
+        """(frame index, score) pairs of frames still stored, and those frames."""
         by_index = {f.index: f for f in self.frames}
-        ref_ids = [(i, score) for i, score in self._last_ref_ids if i in by_index]
+        ref_ids = [(i, score) for i, score in ref_ids if i in by_index]
         return ref_ids, [by_index[i] for i, _ in ref_ids]
 
     @property

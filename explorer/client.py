@@ -309,7 +309,7 @@ class SentChunk:
     t_input: float
     input_driven: bool  # sent because the input changed (its first frame measures motion-to-frame latency)
     camera: Camera  # a copy of the camera when sent: with unchanged input it predicts the same path at any time
-    sent_w2c: np.ndarray | None = None  # [N, 4, 4] the poses as sent (the server's world): frames carry one of them
+    sent_w2c: np.ndarray  # [N, 4, 4] the poses as sent (the server's world): frames carry one of them
     received: int = 0  # frames of this chunk
     answered: int = 0  # poses up to the newest one a frame answered (the server skips poses it already generated)
     latency_measured: bool = False

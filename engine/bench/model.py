@@ -113,6 +113,8 @@ def run(args: argparse.Namespace) -> dict:
         clip_frames = cfg.latent_to_video_frames(fh + ft)
         scene = torch.rand(1, cfg.video_channels, clip_frames, cfg.height, cfg.width, generator=g).to(device, dtype)
         mask = (torch.rand(1, 1, clip_frames, cfg.height, cfg.width, generator=g) > 0.3).to(device, dtype)
+        flops_control = count_flops(lambda: vae.encode_control(scene, mask))
+        flops_control_distilled = count_flops(lambda: distilled.encode_control(scene, mask))
 
         def chunk(step_times: list) -> tuple[float, float]:
             """One chunk: sample all steps, then stream-decode history + target. -> (total ms, first-frame ms)."""
@@ -185,8 +187,8 @@ def run(args: argparse.Namespace) -> dict:
         "vae_decode_ms_per_frame": round(decode_ms / clip_frames, 3),
         "control_encode_ms": round(statistics.median(encode_times), 2),  # VAE encoder, one clip (history + chunk)
         "control_encode_distilled_ms": round(statistics.median(distilled_times), 2),  # ControlEncoder, same clip
-        "control_gflops": round(count_flops(lambda: vae.encode_control(scene, mask)) / 1e9, 3),
-        "control_gflops_distilled": round(count_flops(lambda: distilled.encode_control(scene, mask)) / 1e9, 3),
+        "control_gflops": round(flops_control / 1e9, 3),
+        "control_gflops_distilled": round(flops_control_distilled / 1e9, 3),
         "chunk_frames": cfg.chunk_frames,
         "chunk_ms": round(chunk_ms, 2),
         "fps": round(cfg.chunk_frames / (chunk_ms / 1e3), 2),

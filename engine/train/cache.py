@@ -40,10 +40,11 @@ def cache_fields(model: dict) -> dict:
     return {k: v for k, v in model.items() if k not in DIT_ONLY_FIELDS}
 
 
-def _shapes(cfg: ModelConfig, n: int) -> dict[str, tuple]:
+def _shapes(cfg: ModelConfig) -> dict[str, tuple]:
+    """One sample's arrays."""
     f = cfg.history_latent_frames + cfg.chunk_latent_frames
     z, h, w = cfg.latent_channels, cfg.latent_height, cfg.latent_width
-    return {"x0": (n, z, f, h, w), "refs": (n, z, cfg.num_refs, h, w), "control": (n, 2 * z, f, h, w)}
+    return {"x0": (z, f, h, w), "refs": (z, cfg.num_refs, h, w), "control": (2 * z, f, h, w)}
 
 
 def build_cache(samples: Dataset, vae: torch.nn.Module, cfg: ModelConfig, out: str | Path, every: int = 1,
@@ -57,15 +58,16 @@ def build_cache(samples: Dataset, vae: torch.nn.Module, cfg: ModelConfig, out: s
         x0, refs, control = encode_batch(vae, batch)
         return {"x0": x0, "refs": refs, "control": control}
 
-    shapes = {k: (s, np.float16) for k, s in _shapes(cfg, 0).items()}
-    return build_arrays(samples, encode, shapes, cfg, out, FORMAT, every, batch_size, workers, progress, "encode samples")
+    shapes = {k: (s, np.float16) for k, s in _shapes(cfg).items()}
+    return build_arrays(samples, encode, shapes, cfg, out, FORMAT, every, batch_size, workers, progress,
+                        "encode samples")
 
 
 def build_arrays(samples: Dataset, encode, shapes: dict[str, tuple[tuple, type]], cfg: ModelConfig, out: str | Path,
                  fmt: str, every: int = 1, batch_size: int = 8, workers: int = 1, progress: bool = True,
                  desc: str = "samples") -> Path:
     """Write `encode(batch)` (key -> [B, ...] tensor) for every `every`-th sample of `samples` into memory-mapped
-    `<out>/<key>.npy` arrays of the given per-sample (shape, dtype) (the shape's first entry, N, is ignored).
+    `<out>/<key>.npy` arrays [N, *shape] of the given per-sample (shape, dtype).
     Resumable: meta.json records how many samples are on disk, only after they are."""
     from tqdm import tqdm
 
@@ -79,7 +81,7 @@ def build_arrays(samples: Dataset, encode, shapes: dict[str, tuple[tuple, type]]
         raise ValueError(f"{out} holds a cache of other samples or another config; remove it or choose another folder")
     done = meta["done"] if meta else 0
     mode = "r+" if meta else "w+"
-    arrays = {k: np.lib.format.open_memmap(out / f"{k}.npy", mode=mode, dtype=dtype, shape=(len(indices), *s[1:]))
+    arrays = {k: np.lib.format.open_memmap(out / f"{k}.npy", mode=mode, dtype=dtype, shape=(len(indices), *s))
               for k, (s, dtype) in shapes.items()}
     meta = {"format": fmt, "indices": indices, "model": cfg.to_dict(), "done": done}
     loader = DataLoader(Subset(samples, indices[done:]), batch_size=batch_size, num_workers=workers,

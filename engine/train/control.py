@@ -51,12 +51,12 @@ def build_control_data(samples: Dataset, vae: nn.Module, cfg: ModelConfig, out: 
     lf = cfg.history_latent_frames + cfg.chunk_latent_frames
     h, w = cfg.height, cfg.width
     shapes = {
-        "scene_rgb": ((0, 3, f, h, w), np.uint8),
-        "coverage": ((0, 1, f, h, w), np.uint8),
-        "target": ((0, 2 * cfg.latent_channels, lf, cfg.latent_height, cfg.latent_width), np.float16),
+        "scene_rgb": ((3, f, h, w), np.uint8),
+        "coverage": ((1, f, h, w), np.uint8),
+        "target": ((2 * cfg.latent_channels, lf, cfg.latent_height, cfg.latent_width), np.float16),
     }
     if cfg.depth_channel:
-        shapes["scene_depth"] = ((0, 1, f, h, w), np.float16)
+        shapes["scene_depth"] = ((1, f, h, w), np.float16)
 
     @torch.no_grad()
     def encode(batch: dict) -> dict[str, torch.Tensor]:
