@@ -6,7 +6,8 @@ video with the VAE.
 
 In two parts: everything that does not depend on the target poses is prepared while the server waits for them
 (`prepare_context`): the history's render and its control latents with the VAE encoder's causal state, the
-references with their latents, the DiT's keys/values of [references | history] (attention_layout "context"), and
+references with their latents, the DiT's keys/values of [references | history] (attention_layout "context" or
+"layered"), and
 the VAE decoder's state after the history latent. When the poses arrive, `target_conditions` renders and encodes
 the target frames only, continuing the encoder's state, and the sampler runs the target tokens alone: the same
 conditions as in one go (up to float rounding), with less work between an input and its first frame.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ import torch
 from engine import geometry
 from engine.memory.pointcloud import SpatialMemory
 from engine.memory.render import render
-from engine.model.configs import ModelConfig
+from engine.model.configs import CACHED_LAYOUTS, ModelConfig
 from engine.model.dit import ContextCache
 from engine.model.sampler import fill_context
 from engine.model.vae import DecodeCache
@@ -143,23 +144,33 @@ def build_conditions(
 
 
 def prepare_context(model, memory: SpatialMemory, history, refs: Sequence, ref_ids: list[tuple[int, float]],
-                    point_size: float | None, ref_latent_cache: dict[int, torch.Tensor], key: tuple) -> PreparedContext:
-    """Everything of the next chunk that its target poses do not change (needs attention_layout "context").
+                    point_size: float | None, ref_latent_cache: dict[int, torch.Tensor], key: tuple,
+                    reference_context: ContextCache | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> PreparedContext | None:
+    """Everything of the next chunk that its target poses do not change (needs attention_layout "context" or
+    "layered").
 
     history: the stored frame the chunk continues from (.index, .rgb, .depth, .camera); refs: the chunk's reference
-    frames, chosen before its poses are known."""
+    frames, chosen before its poses are known; reference_context: their keys/values from an earlier chunk (layout
+    "layered", a references-only ContextCache that this one extends), else they are computed here. should_stop()
+    is polled after the encodes and after the history's control latents: True returns None (the latents computed
+    stay in ref_latent_cache)."""
     cfg, vae, dit = model.cfg, model.vae, model.dit
-    if cfg.attention_layout != "context":
-        raise ValueError(f"preparing a context needs attention_layout 'context'; model {cfg.name!r} is "
-                         f"{cfg.attention_layout!r}")
+    if cfg.attention_layout not in CACHED_LAYOUTS:
+        raise ValueError(f"preparing a context needs attention_layout 'context' or 'layered'; model {cfg.name!r} "
+                         f"is {cfg.attention_layout!r}")
     out = _render(model, memory, [history.camera], point_size)
     hist_latent, ref_latents = encode_frames(model, history.rgb, history.depth, refs, ref_latent_cache, history.index)
+    if should_stop is not None and should_stop():
+        return None
     state: dict[Any, Any] = {}
     control = _control_latents(model, out, state)  # [1, 2z, 1, h, w]
-    cache = ContextCache()
+    if should_stop is not None and should_stop():
+        return None
+    cache = ContextCache() if reference_context is None else reference_context
     decode = vae.new_decode_cache()
     with torch.no_grad():
-        fill_context(dit, hist_latent, ref_latents, control, cache)
+        fill_context(dit, hist_latent, None if reference_context is not None else ref_latents, control, cache)
         vae.decode_step(hist_latent, decode)
     cond = Conditions(hist_latent, ref_latents, control, out.rgb, out.depth, out.coverage, list(ref_ids))
     return PreparedContext(key, cond, state, cache, decode)

@@ -22,6 +22,7 @@ import shutil
 import time
 import typing
 import zipfile
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -39,13 +40,15 @@ from engine.memory.render import render
 from engine.memory.retrieval import RETRIEVERS, Candidate, retrieve
 from engine.memory.update import depth_scale_to_memory, new_content
 from engine.model.checkpoint import load_checkpoint
-from engine.model.configs import ModelConfig
+from engine.model.configs import CACHED_LAYOUTS, ModelConfig
+from engine.model.dit import ContextCache
 from engine.model.sampler import SamplingCancelled, StepInfo, sample
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 SESSION_FORMAT, SESSION_VERSION = "spatia-session", 1
 CONTROL_ENCODERS = ("auto", "distilled", "vae")
 MIN_RETRIEVAL_POSES = 4  # target poses of a chunk that retrieval looks from, whatever the number of references
+REFERENCE_CONTEXTS_KEPT = 4  # reference sets whose keys/values a session keeps (attention_layout "layered")
 
 
 class PipelineError(ValueError):
@@ -266,6 +269,8 @@ class WorldSession:
             )
         self.segmenter = get_segmenter(self.options.segmentation) if self.options.segmentation else None
         self._ref_cache: dict[int, torch.Tensor] = {}
+        # attention_layout "layered": the DiT's keys/values of recent reference sets (frame indices -> cache)
+        self._ref_contexts: OrderedDict[tuple[int, ...], ContextCache] = OrderedDict()
         self._prepared: PreparedContext | None = None  # the next chunk's context, see prepare()
         self._last_ref_ids: list[tuple[int, float]] = []  # the references of the last chunk: (frame index, score)
         self._undo: list[Callable[[], MemoryDelta]] = []
@@ -309,6 +314,7 @@ class WorldSession:
         self.memory = SpatialMemory(voxel_size=self.options.voxel_size)
         self.frames, self.num_frames, self.clip = [], 0, 0
         self._ref_cache.clear()
+        self._ref_contexts.clear()
         self._prepared = None
         self._last_ref_ids = []
         self._undo.clear()
@@ -490,6 +496,26 @@ class WorldSession:
         ref_ids = [(i, score) for i, score in ref_ids if i in by_index]
         return ref_ids, [by_index[i] for i, _ in ref_ids]
 
+    def _reference_context(self, ref_ids: list[tuple[int, float]]) -> tuple[tuple[int, ...], ContextCache | None]:
+        """attention_layout "layered" without guidance: the key of these references' keys/values and, when an
+        earlier chunk computed them, a cache holding them (a fork: the chunk extends it with its history).
+        (None, None) for other models, or without references."""
+        if self.cfg.attention_layout != "layered" or self.cfg.cfg_scale != 1.0 or not ref_ids:
+            return (), None
+        key = tuple(i for i, _ in ref_ids)
+        known = self._ref_contexts.get(key)
+        if known is None:
+            return key, None
+        self._ref_contexts.move_to_end(key)
+        return key, known.fork()
+
+    def _remember_references(self, key: tuple[int, ...], cache: ContextCache) -> None:
+        """Keep the references' part of a filled cache for later chunks with the same references."""
+        if key and cache.filled and key not in self._ref_contexts:
+            self._ref_contexts[key] = cache.references()
+            while len(self._ref_contexts) > REFERENCE_CONTEXTS_KEPT:
+                self._ref_contexts.popitem(last=False)
+
     @property
     def nbytes(self) -> int:
         """Bytes of the session's data in memory: the spatial memory (with its indexes), the stored frames and their
@@ -511,7 +537,7 @@ class WorldSession:
     @property
     def can_prepare(self) -> bool:
         """Whether this model and these options let the next chunk's context be prepared ahead of its poses."""
-        return (self.cfg.attention_layout == "context" and self.cfg.cfg_scale == 1.0 and self.options.use_scene_video
+        return (self.cfg.attention_layout in CACHED_LAYOUTS and self.cfg.cfg_scale == 1.0 and self.options.use_scene_video
                 and bool(self.frames))
 
     @property
@@ -519,11 +545,14 @@ class WorldSession:
         """Is the next chunk's context prepared (for the current history, memory and clip)?"""
         return self._prepared is not None and self._prepared.key == self.context_key
 
-    def prepare(self, w2c: np.ndarray | None = None, intrinsics: np.ndarray | None = None) -> float | None:
+    def prepare(self, w2c: np.ndarray | None = None, intrinsics: np.ndarray | None = None,
+                previous_refs: bool = False, should_stop: Callable[[], bool] | None = None) -> float | None:
         """Compute the next chunk's context before its poses are known (the server does this while it waits for
-        input): references for the expected path w2c [N, 4, 4] (default: the history pose), the history's control
-        latents and the DiT's keys/values of [references | history]. The next `generate_chunk` uses it if the
-        history, memory and clip count are still the same. Returns the milliseconds spent (None: nothing to do)."""
+        input): references for the expected path w2c [N, 4, 4] (default: the history pose; previous_refs: the last
+        chunk's, as the server's short chunk takes them), the history's control latents and the DiT's keys/values
+        of [references | history]. The next `generate_chunk` uses it if the history, memory and clip count are
+        still the same. should_stop() is polled between the stages: True abandons the preparation (what it
+        computed stays in the session's caches). Returns the milliseconds spent (None: nothing to do, or stopped)."""
         if not self.can_prepare:
             return None
         if self.prepared:
@@ -536,11 +565,20 @@ class WorldSession:
             w2c, intrinsics = self.check_trajectory(np.asarray(w2c)[: self.chunk_frames], intrinsics)
             targets = [self.camera(p, intrinsics) for p in w2c]
         t0 = time.perf_counter()
-        ref_ids, refs = self._retrieve(targets)
-        self._prepared = prepare_context(self.model, self.memory, history, refs, ref_ids, self.point_size,
-                                         self._ref_cache, key)
-        self._prepared.ms = (time.perf_counter() - t0) * 1e3
-        return self._prepared.ms
+        ref_ids, refs = self._previous_refs() if previous_refs else ([], [])
+        if not ref_ids:
+            ref_ids, refs = self._retrieve(targets)
+        if should_stop is not None and should_stop():
+            return None
+        ref_key, context = self._reference_context(ref_ids)
+        prepared = prepare_context(self.model, self.memory, history, refs, ref_ids, self.point_size,
+                                   self._ref_cache, key, context, should_stop)
+        if prepared is None:
+            return None
+        self._prepared = prepared
+        self._remember_references(ref_key, prepared.cache)
+        prepared.ms = (time.perf_counter() - t0) * 1e3
+        return prepared.ms
 
     def generate_chunk(self, w2c: np.ndarray, intrinsics: np.ndarray, prompt: str | None = None,
                        on_frame: FrameCallback | None = None, should_stop: Callable[[], bool] | None = None,
@@ -586,6 +624,7 @@ class WorldSession:
         # poses came, history and its keys/values computed while waiting), else all of it now
         point_size = self.point_size
         prepared = self._prepared if self.prepared else None
+        ref_key: tuple[int, ...] = ()
         if prepared is not None:
             timings["retrieval"] = 0.0
             timings["prepared_ms"] = prepared.ms  # spent before the chunk, outside its total
@@ -614,12 +653,17 @@ class WorldSession:
                     given = dict(control=cond.control[:, :, 1:], context=prepared.cache)
                 else:
                     given = dict(history=cond.history, refs=cond.refs, control=cond.control)
+                    ref_key, context = self._reference_context(cond.ref_ids)
+                    if ref_key:  # layout "layered": the references' keys/values from an earlier chunk, or kept now
+                        given.update(context=context or ContextCache(), refs=None if context else cond.refs)
                 latents = sample(model.dit, cfg, **given, target_frames=n_lat, steps=steps,
                                  generator=self._generator, callback=callback)
                 latents = latents.to(cond.history.dtype)  # the DiT's precision -> the VAE's (history came from it)
         except SamplingCancelled as e:
             raise ChunkCancelled(str(e)) from e
         timings["sample"] = (time.perf_counter() - t0) * 1e3
+        if prepared is None and ref_key:
+            self._remember_references(ref_key, given["context"])
 
         # streaming decode: the history latent warms the causal cache, then each target latent yields frames
         t0 = time.perf_counter()

@@ -241,6 +241,8 @@ def test_a_prepared_context_gives_the_chunk_it_would_have_made_anyway(model):
     plain, ready = session_after_one_chunk(), session_after_one_chunk()
     n = plain.chunk_frames
     poses = np.stack([turn(np.eye(4), 24 + 3 * (i + 1)) for i in range(n)])
+    assert ready.can_prepare and ready.prepare(poses, INTR, should_stop=lambda: True) is None  # stopped: no context
+    assert not ready.prepared
     assert ready.can_prepare and ready.prepare(poses, INTR) > 0
     assert ready.prepare(poses, INTR) == 0.0  # already prepared for this history and memory
     with pytest.raises(ChunkCancelled):  # a cancelled chunk leaves the prepared context usable
@@ -269,3 +271,43 @@ def test_retrieval_looks_from_along_the_whole_chunk_for_any_number_of_references
     assert len(chosen) >= min(4, n) and chosen[-1] >= n // 2  # not only the chunk's first pose (K = 1 did that)
     short = ReleaseRetrieval(**retrieval_options("release", cfg, k, frames=n // 2)).target_indices(n // 2)
     assert len(short) == n // 2  # a short chunk: every pose
+
+
+def test_layered_model_reuses_the_references_keys_and_values_across_chunks():
+    model = WorldModel.random(tiny_test_config(attention_layout="layered"), seed=1)
+    embedded = []  # frames of latents each DiT forward turns into tokens
+    embed = model.dit._embed
+    model.dit._embed = lambda conv, x: (conv is model.dit.patch_embed and embedded.append(x.shape[2]), embed(conv, x))[1]
+
+    def session_after_two_chunks(keep: bool):
+        s = WorldSession(model, SessionOptions(segmentation=None, voxel_size=0.05, seed=3))
+        rgb, depth, _ = room_rgbd()
+        s.open_rgbd(rgb, depth, np.eye(4), INTR)
+        for start in (0, 8):
+            if not keep:
+                s._ref_contexts.clear()
+            s.generate_chunk(np.stack([turn(np.eye(4), start + i + 1) for i in range(s.chunk_frames)]), INTR)
+        return s
+
+    kept, plain = session_after_two_chunks(True), session_after_two_chunks(False)
+    refs = tuple(i for i, _ in kept._last_ref_ids)
+    assert len(refs) >= 1 and refs in kept._ref_contexts
+    tc = model.cfg.temporal_compression
+    poses = np.stack([turn(np.eye(4), 20 + i) for i in range(tc)])
+    embedded.clear()
+    a = kept.generate_chunk(poses, INTR, latent_frames=1, previous_refs=True)
+    assert embedded[0] == 2  # history + target: no reference frame computed
+    plain._ref_contexts.clear()
+    embedded.clear()
+    b = plain.generate_chunk(poses, INTR, latent_frames=1, previous_refs=True)
+    assert embedded[0] == len(refs) + 2 and a.references == b.references
+    assert np.abs(a.rgb.astype(int) - b.rgb.astype(int)).max() <= 2  # the same frames up to float rounding
+    # preparing a context keeps its references' keys/values, and a later preparation with them computes the history
+    assert kept.prepare(None, None) > 0
+    prepared_refs = tuple(i for i, _ in kept._prepared.cond.ref_ids)
+    assert prepared_refs in kept._ref_contexts
+    kept._prepared = None
+    embedded.clear()
+    assert kept.prepare(None, None) > 0 and embedded == [1]
+    assert len(kept._ref_contexts) <= 4
+    model.dit._embed = embed

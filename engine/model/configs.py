@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 SOLVERS = ("euler", "dpmpp_2m")
 ACTIVATIONS = ("gelu", "gelu_tanh")
-ATTENTION_LAYOUTS = ("full", "context")
+ATTENTION_LAYOUTS = ("full", "context", "layered")
+CACHED_LAYOUTS = ("context", "layered")  # the context's keys/values are computed once per chunk (ContextCache)
 CFG_DROPS = ("text", "refs", "text+refs")
 
 # Per-channel statistics of the Wan2.2 VAE latents (from the official release); latents are normalised as
@@ -88,7 +89,8 @@ class ModelConfig:
     # ---- attention layout over [references | history | target] tokens
     # "full": every token attends to every token (the paper). "context": references and history (the clean
     # context) attend only to each other, targets to everything, so the context's keys/values are computed once
-    # per chunk and reused by every sampler step (`engine.model.dit.ContextCache`).
+    # per chunk and reused by every sampler step (`engine.model.dit.ContextCache`). "layered": as "context", and the
+    # references attend only to each other, so their keys/values are reused by later chunks with the same references.
     attention_layout: str = "full"
 
     # ---- clip layout: tokens are [references | history | target] along time

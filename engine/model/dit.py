@@ -6,7 +6,8 @@ Data flow of one forward (B batch, C latent channels, K references, F = history 
   [B, (K+F)*gh*gw, D]; 3D RoPE positions (t, h, w): video frame j at t = j, reference i at t = -K + i with its rows
   shifted by gh (so reference tokens never share a position with the video grid); adaLN modulation from per-frame
   timesteps (references and history are clean: t = 0); full bidirectional self-attention (or, with
-  attention_layout "context", context tokens attending only to the context, cacheable across steps); optional text
+  attention_layout "context", context tokens attending only to the context, cacheable across steps; with "layered",
+  references also attending only to references, cacheable across chunks that keep them); optional text
   cross-attention; the control branch: control tokens (patchified scene latents ++ mask latents, 2C channels, for
   the F video frames; zeros at reference frames) go through `len(control_layers)` blocks, block 0 adding a
   projection of them to the main hidden state, and each block's zero-initialised output projection is added to the
@@ -25,7 +26,9 @@ API:
         history_frames: leading frames of x that are context (default cfg.history_latent_frames)
     With attention_layout "context" the references and history attend only to each other; a ContextCache
     passed with them is filled, and later calls pass only the target frames (x, t, control) with the filled
-    cache and get v [B, C, F_target, h, w], equal to the one-pass result at those frames.
+    cache and get v [B, C, F_target, h, w], equal to the one-pass result at those frames. With "layered" the
+    references attend only to each other, and `cache.references()` can be passed to a later chunk with the same
+    references: refs=None, x = [history | target], v [B, C, F, h, w] (the cache is then filled with the history).
     enc = UMT5TextEncoder(path); text = enc(["a prompt"])   (spatia-5b; needs `transformers` and local weights)
 """
 
@@ -34,12 +37,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engine.model.configs import ModelConfig
+from engine.model.configs import CACHED_LAYOUTS, ModelConfig
 from engine.model.layers import (
     FP32LayerNorm,
     RMSNorm,
@@ -87,6 +91,20 @@ def unpatchify(x: torch.Tensor, patch: tuple[int, int, int], grid: tuple[int, in
 
 
 # --------------------------------------------------------------------------------------------- attention
+class TokenGroups(NamedTuple):
+    """Who attends to whom in one forward, in positions of the whole token layout [references | history | target].
+
+    Query tokens form consecutive groups; a token of the group ending at `ends[i]` attends to every key before
+    `ends[i]`. Layout "context": (context end, total): the context sees itself, targets see everything. Layout
+    "layered": (references end, context end, total): references see only references, so their keys/values depend
+    on the references alone and survive a change of history. `prefix` tokens come from a ContextCache (their
+    keys/values, not computed in this forward); the first `fill` tokens' keys/values are stored in it."""
+
+    ends: tuple[int, ...]  # increasing group ends, each beyond prefix; the last is the total token count
+    prefix: int = 0
+    fill: int = 0
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, eps: float):
         super().__init__()
@@ -94,28 +112,30 @@ class SelfAttention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
 
-    def forward(self, x: torch.Tensor, freqs: torch.Tensor, backend: str, split: int | None = None,
+    def forward(self, x: torch.Tensor, freqs: torch.Tensor, backend: str, groups: "TokenGroups | None" = None,
                 slot: dict | None = None) -> torch.Tensor:
-        """x [B, L, D]. split: the first `split` tokens (the context) attend only to each other (None: full).
-        slot: a layer's entry of a ContextCache; an empty one is filled with the context's keys/values [B, split,
-        H, Dh], a filled one means x holds targets only and attends to the cached context plus itself."""
+        """x [B, L, D]: the tokens after `groups.prefix` cached ones (None: no cache, full attention).
+        groups: each query token attends to the keys before the end of its group (see TokenGroups); slot: this
+        layer's entry of a ContextCache, holding the cached tokens' keys/values [B, prefix, H, Dh], extended to
+        the first `groups.fill` tokens' when that is more."""
         b, n, _ = x.shape
         q = apply_rope(self.norm_q(self.q(x)).view(b, n, self.heads, -1), freqs)  # [B, L, H, Dh]
         k = apply_rope(self.norm_k(self.k(x)).view(b, n, self.heads, -1), freqs)
         v = self.v(x).view(b, n, self.heads, -1)
-        if slot:  # targets only: keys/values of the cached context first, as in the one-pass layout
-            out = attention(q, torch.cat([slot["k"], k], 1), torch.cat([slot["v"], v], 1), backend)
-        elif split is None:
-            out = attention(q, k, v, backend)
-        else:
-            if slot is not None:
-                # stored dense: a context filled within a whole chunk must look like one filled alone (a prepared
-                # context) to a compiled DiT, which guards on strides
-                slot["k"], slot["v"] = dense(k[:, :split]), dense(v[:, :split])
-            out = attention(q[:, :split], k[:, :split], v[:, :split], backend)
-            if split < n:
-                out = torch.cat([out, attention(q[:, split:], k, v, backend)], 1)
-        return self.o(out.flatten(2))
+        if groups is None:
+            return self.o(attention(q, k, v, backend).flatten(2))
+        prefix = groups.prefix
+        if prefix:  # keys/values of the cached tokens first, as in the one-pass layout
+            k, v = torch.cat([slot["k"], k], 1), torch.cat([slot["v"], v], 1)
+        if groups.fill > prefix:
+            # stored dense: a context filled within a whole chunk must look like one filled alone (a prepared
+            # context) to a compiled DiT, which guards on strides
+            slot["k"], slot["v"] = dense(k[:, : groups.fill]), dense(v[:, : groups.fill])
+        outs, start = [], prefix
+        for end in groups.ends:
+            outs.append(attention(q[:, start - prefix : end - prefix], k[:, :end], v[:, :end], backend))
+            start = end
+        return self.o((outs[0] if len(outs) == 1 else torch.cat(outs, 1)).flatten(2))
 
 
 class CrossAttention(nn.Module):
@@ -150,9 +170,9 @@ class DiTBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, rope: torch.Tensor, context, backend: str,
-                split: int | None = None, slot: dict | None = None) -> torch.Tensor:
+                groups: "TokenGroups | None" = None, slot: dict | None = None) -> torch.Tensor:
         """x [B, L, D]; e0 [B, Fr, 6, D] per-frame modulation (frames are contiguous runs of L / Fr tokens);
-        split / slot: the context-attention layout and this layer's cache entry (see SelfAttention)."""
+        groups / slot: the attention layout and this layer's cache entry (see SelfAttention)."""
         b, n, d = x.shape
         frames = e0.shape[1]
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + e0).unbind(2)  # each [B, Fr, D]
@@ -164,7 +184,7 @@ class DiTBlock(nn.Module):
             return m[:, :, None]
 
         h = modulate(tok(self.norm1(x)), mod(shift1), mod(scale1)).view(b, n, d)
-        x = torch.addcmul(tok(x), tok(self.self_attn(h, rope, backend, split, slot)), mod(gate1)).view(b, n, d)
+        x = torch.addcmul(tok(x), tok(self.self_attn(h, rope, backend, groups, slot)), mod(gate1)).view(b, n, d)
         if self.cross_attn is not None and context is not None:
             x = x + self.cross_attn(self.norm_cross(x), context, backend)
         h = modulate(tok(self.norm2(x)), mod(shift2), mod(scale2)).view(b, n, d)
@@ -183,10 +203,10 @@ class ControlBlock(DiTBlock):
         nn.init.zeros_(self.after_proj.weight)
         nn.init.zeros_(self.after_proj.bias)
 
-    def forward(self, c: torch.Tensor, x: torch.Tensor, e0, rope, context, backend, split=None, slot=None):
+    def forward(self, c: torch.Tensor, x: torch.Tensor, e0, rope, context, backend, groups=None, slot=None):
         if self.before_proj is not None:
             c = self.before_proj(c) + x
-        c = super().forward(c, e0, rope, context, backend, split, slot)
+        c = super().forward(c, e0, rope, context, backend, groups, slot)
         return c, self.after_proj(c)
 
 
@@ -210,19 +230,47 @@ class Head(nn.Module):
 class ContextCache:
     """Keys/values of the clean context (references + history) for every attention layer of one chunk.
 
-    Only for attention_layout "context", where the context never attends to the targets, so its keys/values do not
-    change between sampler steps: the first forward of a chunk (with refs and history) fills the cache, and every
-    later forward takes the target latents alone. One cache per conditioning (a guidance pass that drops the
-    references needs its own)."""
+    Only for attention layouts where the context never attends to the targets ("context", "layered"), so its
+    keys/values do not change between sampler steps: the first forward of a chunk (with refs and history) fills the
+    cache, and every later forward takes the target latents alone. One cache per conditioning (a guidance pass that
+    drops the references needs its own).
+
+    With layout "layered" the references attend only to each other, so their part of a filled cache
+    (`references()`) stays valid for any later chunk with the same references: a forward given such a
+    references-only cache takes [history | target] latents, computes no reference token, and fills in the history."""
 
     refs: int = 0  # K reference frames in the cached layout
-    history: int = 0  # Fh history frames
+    history: int = 0  # Fh history frames (0 in a references-only cache)
     main: list[dict] = field(default_factory=list)  # per main block: {"k", "v"} [B, (K + Fh) * tpf, H, Dh]
     control: list[dict] = field(default_factory=list)  # per control block
+    references_only: bool = False  # holds the K references' keys/values only (layout "layered")
+    tokens_per_frame: int = 0
 
     @property
     def filled(self) -> bool:
-        return bool(self.main) and bool(self.main[0])
+        """Holds the whole context: later forwards pass the targets alone."""
+        return bool(self.main) and bool(self.main[0]) and not self.references_only
+
+    @property
+    def tokens(self) -> int:
+        """Cached tokens (the prefix a forward with this cache skips)."""
+        return (self.refs + self.history) * self.tokens_per_frame if self.main and self.main[0] else 0
+
+    def references(self) -> "ContextCache":
+        """The references' part of a filled cache (dense copies: the whole context's tensors are not kept alive)."""
+        if not self.filled:
+            raise ValueError("references() needs a filled ContextCache")
+        n = self.refs * self.tokens_per_frame
+
+        def cut(slots: list[dict]) -> list[dict]:
+            return [{"k": dense(s["k"][:, :n]), "v": dense(s["v"][:, :n])} for s in slots]
+
+        return ContextCache(self.refs, 0, cut(self.main), cut(self.control), True, self.tokens_per_frame)
+
+    def fork(self) -> "ContextCache":
+        """A cache with the same keys/values that a forward can extend without changing this one."""
+        return ContextCache(self.refs, self.history, [dict(s) for s in self.main], [dict(s) for s in self.control],
+                            self.references_only, self.tokens_per_frame)
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -318,6 +366,24 @@ class SpatiaDiT(nn.Module):
             hints[layer] = F.pad(hint[:, ref_tokens:], (0, 0, ref_tokens, 0))  # references get no control signal
         return hints
 
+    def _groups(self, k: int, fh: int, tpf: int, prefix: int, total: int, cache: ContextCache | None
+                ) -> TokenGroups | None:
+        """The attention groups of a forward over tokens [prefix, total) of [K refs | Fh history | targets] (see
+        TokenGroups); a cache given with a context to compute is set up to receive its keys/values."""
+        layout = self.cfg.attention_layout
+        ctx_end = (k + fh) * tpf
+        if layout == "full" or not ctx_end:  # no context: plain full attention, nothing to cache
+            return None if not prefix else TokenGroups((total,), prefix)
+        bounds = (k * tpf, ctx_end, total) if layout == "layered" else (ctx_end, total)
+        ends = tuple(sorted({e for e in bounds if e > prefix}))
+        fill = 0
+        if cache is not None and prefix < ctx_end:  # this pass fills it (the whole context or its history)
+            fill = ctx_end
+            if not cache.main:
+                cache.main, cache.control = [{} for _ in self.blocks], [{} for _ in self.control_blocks]
+            cache.refs, cache.history, cache.tokens_per_frame, cache.references_only = k, fh, tpf, False
+        return TokenGroups(ends, prefix, fill)
+
     # ---- forward
     def forward(
         self,
@@ -335,25 +401,31 @@ class SpatiaDiT(nn.Module):
         b, c, f, h, w = x.shape
         gh, gw = h // cfg.patch[1], w // cfg.patch[2]
         tpf = gh * gw  # tokens per frame
-        if cache is not None and cfg.attention_layout != "context":
-            raise ValueError(f"a ContextCache needs attention_layout 'context'; model {cfg.name!r} is "
+        if cache is not None and cfg.attention_layout not in CACHED_LAYOUTS:
+            raise ValueError(f"a ContextCache needs attention_layout 'context' or 'layered'; model {cfg.name!r} is "
                              f"{cfg.attention_layout!r}")
-        cached = cache is not None and cache.filled
-        if cached:  # x holds target latents only; references and history come from the cache
-            if refs is not None:
-                raise ValueError("refs are in the filled ContextCache; pass refs=None with it")
-            k, fh = cache.refs, cache.history
-            video, prefix = x, (k + fh) * tpf  # tokens of the cached context before these ones
-        else:
-            k = 0 if refs is None else refs.shape[2]
+        cached = cache is not None and (cache.filled or cache.references_only)
+        if cached and refs is not None:
+            raise ValueError("refs are in the ContextCache; pass refs=None with it")
+        if cached and cache.references_only and cfg.attention_layout != "layered":
+            raise ValueError(f"a references-only ContextCache needs attention_layout 'layered'; model {cfg.name!r} "
+                             f"is {cfg.attention_layout!r}")
+        if cached and not cache.references_only:  # x holds the targets
+            fh = cache.history
+        else:  # x holds [history | targets]
             fh = min(cfg.history_latent_frames, f) if history_frames is None else history_frames
             if not 0 <= fh <= f:
                 raise ValueError(f"history_frames must be in [0, {f}]; got {fh}")
+        if cached:  # references (and history) come from the cache: x holds the latents after them
+            k, video, prefix = cache.refs, x, cache.tokens  # tokens of the cached context before these ones
+        else:
+            k = 0 if refs is None else refs.shape[2]
             video, prefix = (x if k == 0 else torch.cat([refs.to(x.dtype), x], dim=2)), 0  # [B, C, K+F, h, w]
         frames = video.shape[2]
         tokens = self._embed(self.patch_embed, video)  # [B, frames*tpf, D]
 
-        rope = self._rope(k, (fh if cached else 0) + f, gh, gw, x.device)[prefix:]  # [L, Dh/2] complex
+        hist_cached = cache.history if cached else 0
+        rope = self._rope(k, hist_cached + f, gh, gw, x.device)[prefix:]  # [L, Dh/2] complex
 
         tf = t[:, None].expand(b, f) if t.dim() == 1 else t  # [B, F]
         tf = torch.cat([tf.new_zeros(b, frames - f), tf], dim=1)  # [B, frames]; references are clean
@@ -361,14 +433,8 @@ class SpatiaDiT(nn.Module):
         e0 = self.time_proj(F.silu(e)).unflatten(-1, (6, cfg.dim))  # [B, frames, 6, D]
 
         context = None if text is None else self.text_embed(text.to(tokens.dtype))  # [B, Lt, D]
-        split = None
-        if cfg.attention_layout == "context" and not cached:
-            split = (k + fh) * tpf or None  # no context: plain full attention, nothing to cache
-            if cache is not None and split:  # this pass fills it
-                cache.refs, cache.history = k, fh
-                cache.main = [{} for _ in self.blocks]
-                cache.control = [{} for _ in self.control_blocks]
-        args = (e0, rope, context, self.attn_backend, split)
+        groups = self._groups(k, fh, tpf, prefix, prefix + frames * tpf, cache)
+        args = (e0, rope, context, self.attn_backend, groups)
         use_cache = cache is not None and bool(cache.main)  # filled here or before (empty when there is no context)
         main_slots = cache.main if use_cache else [None] * len(self.blocks)
 

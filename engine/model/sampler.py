@@ -15,9 +15,12 @@ API:
                     generator=g, callback=cb)          -> [B, C, F_target, h, w]
     history [B, C, Fh, h, w], refs [B, C, K, h, w], control [B, 2C, Fh + Ft, h, w], text [B, L, D_text]
     callback(StepInfo) is called after every step; a truthy return raises SamplingCancelled (so does raising it).
-    context=ContextCache filled beforehand (attention_layout "context", no guidance) with this chunk's references
-    and history: pass the targets' control [B, 2C, Ft, h, w] alone, no history or refs; every step then runs the
-    target tokens only (the server prepares the next chunk's context while it waits for input).
+    context=ContextCache (attention_layout "context" or "layered", no guidance): filled beforehand with this chunk's
+    references and history, pass the targets' control [B, 2C, Ft, h, w] alone, no history or refs, and every step
+    runs the target tokens only (the server prepares the next chunk's context while it waits for input); holding
+    the references only (layout "layered": `ContextCache.references()` of an earlier chunk with the same
+    references), pass the history and its control but no refs, and the first step computes no reference token;
+    empty, it is filled by the first step, so the caller can keep the references' part.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from engine.model.configs import CFG_DROPS, SOLVERS, ModelConfig
+from engine.model.configs import CACHED_LAYOUTS, CFG_DROPS, SOLVERS, ModelConfig
 from engine.model.dit import ContextCache
 from engine.model.layers import dense
 
@@ -96,9 +99,10 @@ def _euler_step(x: torch.Tensor, v: torch.Tensor, sigma: float, sigma_next: floa
 @torch.no_grad()
 def fill_context(dit: torch.nn.Module, history: torch.Tensor, refs: torch.Tensor | None, control: torch.Tensor | None,
                  cache: ContextCache) -> None:
-    """Fill `cache` with the keys/values of [refs | history] (a prepared context, attention_layout "context"):
-    history [B, z, Fh, h, w], refs [B, z, K, h, w] or None, control [B, 2z, Fh, h, w] (the history's) or None.
-    `sample(..., context=cache)` then runs the target tokens alone."""
+    """Fill `cache` with the keys/values of [refs | history] (a prepared context, attention_layout "context" or
+    "layered"): history [B, z, Fh, h, w], refs [B, z, K, h, w] or None (None with a references-only cache, whose
+    references it keeps), control [B, 2z, Fh, h, w] (the history's) or None. `sample(..., context=cache)` then runs
+    the target tokens alone."""
     param = next(dit.parameters())
     cast = lambda a: None if a is None else dense(a.to(device=param.device, dtype=param.dtype))  # noqa: E731
     fh = history.shape[2]
@@ -173,13 +177,16 @@ def sample(
 
     # attention_layout "context": the first step fills one cache per conditioning with the context's keys/values,
     # later steps run the target tokens alone
-    use_cache = context_cache and cfg.attention_layout == "context"
+    use_cache = context_cache and cfg.attention_layout in CACHED_LAYOUTS
     caches = [ContextCache(), ContextCache()] if use_cache else [None, None]
     if context is not None:
-        if not context.filled or guidance != 1.0 or history is not None or refs is not None:
-            raise ValueError("a prepared context needs a filled ContextCache, no guidance, and no history or refs "
-                             "(they are in the cache)")
-        caches[0] = context
+        if cfg.attention_layout not in CACHED_LAYOUTS or guidance != 1.0:
+            raise ValueError("a given ContextCache needs attention_layout 'context' or 'layered' and no guidance")
+        if context.filled and (history is not None or refs is not None):
+            raise ValueError("a prepared context needs no history or refs (they are in the cache)")
+        if context.references_only and refs is not None:
+            raise ValueError("a references-only context needs no refs (they are in the cache); pass the history")
+        caches[0] = context  # an empty one is filled by the first step (the caller keeps its keys/values)
     control_target = None if control is None else control[:, :, fh:]
 
     def run(xt: torch.Tensor, sigma: float, refs_, text_, cache: ContextCache | None) -> torch.Tensor:

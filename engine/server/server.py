@@ -439,16 +439,22 @@ class GenerationServer:
 
     def prepare_idle(self) -> bool:
         """With nothing to generate: prepare one session's next chunk (references, history, the DiT's context; see
-        `WorldSession.prepare`) so that the chunk the next input starts has less to do. Only spare time goes into
-        it: a moving camera's chunks follow each other at once and build their context in one go (less work
-        in all). False when every session is prepared."""
+        `WorldSession.prepare`; the last chunk's references where short chunks keep them) so that the chunk the
+        next input starts has less to do. Only spare time goes into it: a moving camera's chunks follow each other
+        at once and build their context in one go (less work in all), and an input that comes while a preparation
+        runs stops it at its next stage. False when every session is prepared."""
         for slot in self.slots.values():
             session = slot.session
             if (session is None or not session.can_prepare or session.prepared
                     or slot.unpreparable == session.context_key):
                 continue
+            def stop() -> bool:  # an input that comes meanwhile must not wait for the preparation to finish
+                self.pump(0)
+                return self._next_slot() is not None
+
             try:
-                session.prepare()
+                if session.prepare(previous_refs=self.short_chunk_previous_refs, should_stop=stop) is None:
+                    return True  # stopped for an input (the next loop generates it)
             except Exception as e:  # noqa: BLE001 - the chunk builds its context itself and reports what is wrong
                 log.warning("could not prepare the next chunk of %s: %s: %s", slot.key[:8], type(e).__name__, e)
                 slot.unpreparable = session.context_key
@@ -459,6 +465,7 @@ class GenerationServer:
     def serve_forever(self, stop=None, idle_poll_ms: int = 50) -> None:
         log.info("serving %s (%s) on %s", self.model.name, self.backend, getattr(self.transport, "address", "broker"))
         while stop is None or not stop.is_set():
+            self.pump(0)  # what came while the last chunk finished: an input must not wait for a preparation
             idle = self._next_slot() is None and not self.prepare_idle()
             self.pump(idle_poll_ms if idle else 0)
             self.generate_once()

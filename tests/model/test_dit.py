@@ -286,8 +286,38 @@ def test_context_layout_isolates_the_context_and_caches_it():
             v = dit(step_x[:, :, 1:], t[:, 1:], control=control[:, :, 1:], cache=cache)
             assert v.shape == (2, c, 2, h, w)
             torch.testing.assert_close(v, full[:, :, 3:], atol=1e-5, rtol=1e-5)
-        with pytest.raises(ValueError, match="refs are in the filled ContextCache"):
+        with pytest.raises(ValueError, match="refs are in the ContextCache"):
             dit(x[:, :, 1:], t[:, 1:], refs=refs, control=control[:, :, 1:], cache=cache)
+
+
+def test_layered_layout_caches_the_references_across_histories():
+    cfg = micro("tiny", attention_layout="layered")
+    dit = _perturbed_dit(cfg)
+    c, h, w = cfg.latent_channels, cfg.latent_height, cfg.latent_width
+    x, refs, control = torch.randn(1, c, 3, h, w), torch.randn(1, c, 2, h, w), torch.randn(1, 2 * c, 3, h, w)
+    t = torch.tensor([[0.0, 0.7, 0.7]])
+    x2, control2 = torch.randn_like(x), torch.randn_like(control)  # a later chunk: new history and targets
+    with torch.no_grad():
+        first = ContextCache()
+        one = dit(x, t, refs=refs, control=control, cache=first)
+        two = dit(x2, t, refs=refs, control=control2)
+        # the references see neither the history nor the targets; the history sees the references
+        torch.testing.assert_close(one[:, :, :2], two[:, :, :2], atol=0, rtol=0)
+        assert not torch.allclose(one[:, :, 2:3], two[:, :, 2:3])
+        refs_only = first.references()
+        assert refs_only.references_only and not refs_only.filled and refs_only.tokens == 2 * cfg.tokens_per_frame
+        later = refs_only.fork()
+        v = dit(x2, t, control=control2, cache=later)  # no reference token computed
+        assert v.shape == (1, c, 3, h, w)
+        torch.testing.assert_close(v, two[:, :, 2:], atol=1e-5, rtol=1e-5)
+        assert later.filled and (later.refs, later.history) == (2, 1) and refs_only.references_only
+        step = dit(x2[:, :, 1:], t[:, 1:], control=control2[:, :, 1:], cache=later)  # then targets alone
+        torch.testing.assert_close(step, two[:, :, 3:], atol=1e-5, rtol=1e-5)
+        with pytest.raises(ValueError, match="refs are in the ContextCache"):
+            dit(x2, t, refs=refs, control=control2, cache=refs_only.fork())
+    context = micro("tiny", attention_layout="context")
+    with pytest.raises(ValueError, match="references-only ContextCache needs attention_layout 'layered'"):
+        SpatiaDiT(context)(x2, t, control=control2, cache=refs_only.fork())
 
 
 def test_full_layout_lets_the_context_see_the_targets():

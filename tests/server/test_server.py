@@ -298,3 +298,33 @@ def test_broker_with_two_workers(tiny_checkpoint, tmp_path, ctx):
         for c in clients:
             c.close()
         server.stop()
+
+
+def test_an_input_stops_a_preparation_at_its_next_stage(tiny_checkpoint, tmp_path, ctx, monkeypatch):
+    import engine.pipeline
+
+    entered, stopped = [], []
+    real = engine.pipeline.prepare_context
+
+    def slow_prepare_context(*args):  # a preparation that would take 20 s unless asked to stop
+        should_stop = args[-1]
+        entered.append(time.monotonic())
+        while time.monotonic() - entered[-1] < 20:
+            if should_stop():
+                stopped.append(time.monotonic())
+                return None
+            time.sleep(0.01)
+        return real(*args)
+
+    monkeypatch.setattr(engine.pipeline, "prepare_context", slow_prepare_context)
+    with inproc_server(tiny_checkpoint, tmp_path / "sessions") as server, \
+            RawClient(ctx, server.transport.address) as c:
+        caps, _, start = open_image_session(c)
+        wait_for(lambda: entered, timeout=30)
+        t0 = time.monotonic()
+        c.send(P.Trajectory(seq=1, w2c=forward_poses(start.w2c, caps.chunk_frames // 2), intrinsics=INTR))
+        done = c.recv_until(clip_done)[-1]
+        assert stopped and time.monotonic() - t0 < 10  # not after the preparation's 20 s
+        assert "prepared_ms" not in done.timings and done.num_frames == caps.chunk_frames // 2
+        session = next(iter(server.slots.values())).session
+        assert session.num_frames == 1 + caps.chunk_frames // 2

@@ -58,11 +58,14 @@ def warm_up_shapes(cfg) -> list[tuple[int, int]]:
 
 
 def warm_up(dit: torch.nn.Module, cfg, steps: int | None = None, seed: int = 0) -> float:
-    """Sample one chunk of random latents for each of `warm_up_shapes(cfg)`, in one go and (attention_layout
-    "context") from a prepared context as `WorldSession.prepare` makes it, so a compiled backend builds its graphs
-    before the server answers anyone (otherwise chunks of a walk stall for seconds). Returns the seconds it took."""
+    """Sample one chunk of random latents for each of `warm_up_shapes(cfg)` in every way a session runs the DiT:
+    in one go, from a prepared context as `WorldSession.prepare` makes it (attention_layout "context" or
+    "layered"), and with the references' keys/values of an earlier chunk (layout "layered"), so a compiled backend
+    builds its graphs before the server answers anyone (otherwise chunks of a walk stall for seconds). Returns the
+    seconds it took."""
     import time
 
+    from engine.model.configs import CACHED_LAYOUTS
     from engine.model.dit import ContextCache
     from engine.model.sampler import fill_context, sample
 
@@ -79,13 +82,20 @@ def warm_up(dit: torch.nn.Module, cfg, steps: int | None = None, seed: int = 0) 
             history, refs = rand(1, z, fh, h, w) if fh else None, rand(1, z, k, h, w) if k else None
             control = rand(1, cfg.control_in_channels, fh + f, h, w)
             text = rand(1, cfg.text_len, cfg.text_dim) if cfg.text_dim is not None else None
+            cached = cfg.attention_layout in CACHED_LAYOUTS and fh and text is None and cfg.cfg_scale == 1.0
+            first = ContextCache() if cached else None
             sample(dit, cfg, history=history, refs=refs, control=control, target_frames=f, steps=steps, text=text,
-                   generator=g)
-            if cfg.attention_layout == "context" and fh and text is None:  # what a prepared context runs
+                   generator=g, context=first)
+            if cached:  # what a prepared context runs
                 context = ContextCache()
                 fill_context(dit, history, refs, control[:, :, :fh], context)
                 sample(dit, cfg, control=control[:, :, fh:], context=context, target_frames=f, steps=steps,
                        generator=g)
+            if cached and k and cfg.attention_layout == "layered":  # a later chunk with the same references
+                sample(dit, cfg, history=history, control=control, context=first.references().fork(),
+                       target_frames=f, steps=steps, generator=g)
+                context = first.references().fork()
+                fill_context(dit, history, None, control[:, :, :fh], context)
     if param.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
