@@ -311,3 +311,29 @@ def test_layered_model_reuses_the_references_keys_and_values_across_chunks():
     assert kept.prepare(None, None) > 0 and embedded == [1]
     assert len(kept._ref_contexts) <= 4
     model.dit._embed = embed
+
+
+def test_decode_continuous_carries_the_decoder_state_from_the_chunk_that_made_the_history(model):
+    session = WorldSession(model, SessionOptions(segmentation=None, voxel_size=0.05, decode_continuous=True))
+    rgb, depth, _ = room_rgbd()
+    session.open_rgbd(rgb, depth, np.eye(4), INTR)
+    decoded = []  # latent frames per decoder call
+    step = model.vae.decode_step
+    model.vae.decode_step = lambda z, cache, *a, **k: (decoded.append(z.shape[2]), step(z, cache, *a, **k))[1]
+    n, lat = session.chunk_frames, model.cfg.chunk_latent_frames
+    try:
+        session.generate_chunk(np.stack([turn(np.eye(4), i + 1) for i in range(n)]), INTR)
+        assert decoded == [1] * (1 + lat)  # the first chunk after opening warms the decoder up with the history
+        decoded.clear()
+        session.generate_chunk(np.stack([turn(np.eye(4), 10 + i) for i in range(n)]), INTR)
+        assert decoded == [1] * lat  # carried on from the chunk that made the history: no warm-up
+        decoded.clear()
+        session.generate_chunk(np.stack([turn(np.eye(4), 20 + i) for i in range(n - 1)]), INTR)  # one frame dropped
+        assert decoded == [1] * lat
+        decoded.clear()
+        session.generate_chunk(np.stack([turn(np.eye(4), 30 + i) for i in range(n)]), INTR)
+        assert decoded == [1] * (1 + lat)  # the decoder had run past the history frame: warmed up again
+        decoded.clear()
+        assert session.prepare(None, None) > 0 and decoded == []  # a preparation takes the carried state too
+    finally:
+        model.vae.decode_step = step
