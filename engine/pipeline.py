@@ -610,7 +610,9 @@ class WorldSession:
 
         on_frame(index, rgb [H, W, 3], depth [H, W] | None, w2c [4, 4], timings) is called as each frame is decoded.
         should_stop() is polled after retrieval, after the conditions and between sampler steps (everything before
-        the first frame); True raises ChunkCancelled and leaves the session unchanged.
+        the first frame); True raises ChunkCancelled and leaves the session unchanged. It is polled again before
+        each later latent frame is decoded: True then ends the chunk with the frames already handed out (their
+        memory update included), as if its poses had been those.
         """
         w2c, intrinsics = self.check_trajectory(w2c, intrinsics)
         cfg, opt, model = self.cfg, self.options, self.model
@@ -694,9 +696,13 @@ class WorldSession:
             else:
                 cache = model.vae.new_decode_cache()
                 model.vae.decode_step(cond.history, cache)
-            produced = 0
+            produced = decoded = 0
             for i in range(latents.shape[2]):
+                if produced and produced < n_new and should_stop is not None and should_stop():
+                    n_new = produced  # a newer path: the chunk ends with the frames already out
+                    break
                 video = model.vae.decode_step(latents[:, :, i : i + 1], cache)[0]  # [C, n, H, W]
+                decoded += video.shape[1]
                 for j in range(video.shape[1]):
                     if produced >= n_new:
                         break
@@ -753,7 +759,6 @@ class WorldSession:
         self._last_ref_ids = list(cond.ref_ids)
         # the decoder's state continues into the next chunk only if every decoded frame was kept (the last is the
         # next history)
-        decoded = latents.shape[2] * cfg.temporal_compression
         self._decode_carry = (first_index + n_new - 1, cache) if n_new == decoded else None
         self.num_frames += n_new
         self.clip += 1

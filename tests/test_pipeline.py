@@ -337,3 +337,20 @@ def test_decode_continuous_carries_the_decoder_state_from_the_chunk_that_made_th
         assert session.prepare(None, None) > 0 and decoded == []  # a preparation takes the carried state too
     finally:
         model.vae.decode_step = step
+
+
+def test_a_stop_after_the_first_frames_ends_the_chunk_with_the_frames_handed_out(model):
+    session = WorldSession(model, SessionOptions(segmentation=None, voxel_size=0.05, decode_continuous=True))
+    rgb, depth, _ = room_rgbd()
+    session.open_rgbd(rgb, depth, np.eye(4), INTR)
+    n, tc = session.chunk_frames, model.cfg.temporal_compression
+    poses = np.stack([turn(np.eye(4), i + 1) for i in range(n)])
+    out = []
+    result = session.generate_chunk(poses, INTR, on_frame=lambda index, *rest: out.append(index),
+                                    should_stop=lambda: bool(out))  # a newer path came once frames were out
+    assert out == list(range(1, 1 + tc)) and len(result.rgb) == tc and len(result.w2c) == tc
+    assert session.num_frames == 1 + tc and session.last_frame.index == tc
+    np.testing.assert_array_equal(session.last_frame.camera.w2c, poses[tc - 1])
+    assert session._carried_decode() is not None  # every decoded frame was kept: the decoder carries on
+    follow = session.generate_chunk(poses[tc:], INTR)
+    assert follow.first_frame == 1 + tc and session.num_frames == 1 + n

@@ -301,13 +301,15 @@ def test_broker_with_two_workers(tiny_checkpoint, tmp_path, ctx):
 
 
 def test_an_input_stops_a_preparation_at_its_next_stage(tiny_checkpoint, tmp_path, ctx, monkeypatch):
+    import inspect
+
     import engine.pipeline
 
     entered, stopped = [], []
     real = engine.pipeline.prepare_context
 
     def slow_prepare_context(*args):  # a preparation that would take 20 s unless asked to stop
-        should_stop = args[-1]
+        should_stop = inspect.signature(real).bind(*args).arguments["should_stop"]
         entered.append(time.monotonic())
         while time.monotonic() - entered[-1] < 20:
             if should_stop():
