@@ -234,7 +234,7 @@ def render(source, cameras: geometry.Camera | Sequence[geometry.Camera], *,
                 continue
             else:
                 pos = torch.from_numpy(pos).to(dev)
-                pts, rows = pp.xyz_h.index_select(1, pos), pp.order[pos]  # [4, M], [M]
+                pts, rows = pp.xyz_h.index_select(1, pos), pp.order.index_select(0, pos)  # [4, M], [M]
             _splat_camera(zbuf[b * Hp * Wp:(b + 1) * Hp * Wp], pts, rows, P[b], float(K[b, 0, 0]),
                           W, H, point_size, max_splat, near)
     zbuf = zbuf.view(B, Hp, Wp)[:, 1:H + 1, 1:W + 1]  # [B, H, W] drop the border
@@ -243,7 +243,7 @@ def render(source, cameras: geometry.Camera | Sequence[geometry.Camera], *,
     depth = (zbuf >> 32).to(torch.int32).view(torch.float32)  # [B, H, W]: the key's high half is z's bit pattern
     depth = torch.where(hit, depth, 0.0)
     if N:
-        colour = pp.rgb[idx.reshape(-1)].view(B, H, W, 3)
+        colour = pp.rgb.index_select(0, idx.reshape(-1)).view(B, H, W, 3)  # (index_select: ~3x faster than [])
     else:
         colour = torch.zeros(B, H, W, 3, dtype=torch.uint8, device=dev)
     colour = colour.permute(0, 3, 1, 2).float().div_(255.0) * hit[:, None]  # [B, 3, H, W]
@@ -286,15 +286,15 @@ def _splat_camera(zbuf: torch.Tensor, pts_h: torch.Tensor, index: torch.Tensor, 
     if not big.numel():
         return
     ub, vb, zb = uvz.index_select(1, big)  # [3, M] one gather for all three rows
-    kb = zb.view(torch.int32).to(torch.int64).bitwise_left_shift_(32).bitwise_or_(index[big])  # [M]
+    kb = zb.view(torch.int32).to(torch.int64).bitwise_left_shift_(32).bitwise_or_(index.index_select(0, big))  # [M]
     side = torch.ceil(fx * point_size / zb).clamp_(1, max_splat)  # [M] square side in pixels
     for s in range(2, max_splat + 1):
         group = torch.nonzero(side == s).squeeze(1) if s < max_splat else torch.nonzero(side >= s).squeeze(1)
         if not group.numel():
             continue
-        x0 = torch.floor(ub[group] + (0.5 - s / 2))  # [G] first column of the square (bordered coordinates)
-        y0 = torch.floor(vb[group] + (0.5 - s / 2))
-        kg = kb[group]
+        x0 = torch.floor(ub.index_select(0, group) + (0.5 - s / 2))  # [G] first column of the square (bordered)
+        y0 = torch.floor(vb.index_select(0, group) + (0.5 - s / 2))
+        kg = kb.index_select(0, group)
         for dy in range(s):
             rows = (y0 + dy).clamp_(0, H + 1).mul_(Wp)
             for dx in range(s):
