@@ -10,6 +10,9 @@ references, history and target latent frames, control latents, text when the mod
   - chunk_ms: sampling all steps + decoding the clip's latents (history + target, fresh causal state);
     fps = chunk_frames / chunk time; first_frame_ms: chunk start until the first new frame is decoded;
   - control_encode_ms: encoding the scene video + coverage mask of one clip (the conditioning cost per chunk);
+  - short_sample_ms: the server's short chunk after a turn (one target latent frame, one step) from
+    [references | history | target]; short_sample_refs_kept_ms: the same with the references' keys/values kept
+    from an earlier chunk (attention_layout "layered"; None otherwise), with the FLOPs of each;
   - peak_gflops: a large fp32 matmul in the same run; achieved_gflops: sampling FLOPs / sampling time.
 On a CPU shared with other processes run it as `OMP_WAIT_POLICY=PASSIVE spatia bench model ...`: spinning OpenMP
 threads otherwise stall each other whenever one is descheduled (10x slower steps on a busy 2-core machine).
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> dict:
     from engine.model.backends import apply_backend
     from engine.model.configs import ModelConfig
     from engine.model.control_encoder import ControlEncoder
-    from engine.model.dit import SpatiaDiT
+    from engine.model.dit import ContextCache, SpatiaDiT
     from engine.model.sampler import sample
     from engine.model.vae import VideoVAE
 
@@ -102,11 +105,30 @@ def run(args: argparse.Namespace) -> dict:
                           callback=None if step_times is None else lambda info: step_times.append(info.step_ms))
 
         flops_sample = count_flops(lambda: sampling(net=eager_dit))
+        short_control = control[:, :, : fh + 1]  # history + one target latent frame
+
+        def short(kept: ContextCache | None = None, net=dit):
+            """The short chunk: one target latent frame in one step (from kept references' keys/values)."""
+            return sample(net, cfg, history=history, refs=refs if kept is None else None, control=short_control,
+                          text=text, target_frames=1, steps=1, generator=torch.Generator().manual_seed(2),
+                          context=None if kept is None else kept.fork())
+
+        kept = None
+        if cfg.attention_layout == "layered" and refs is not None and history is not None and passes == 1:
+            first = ContextCache()
+            sample(dit, cfg, history=history, refs=refs, control=short_control, target_frames=1, steps=1,
+                   generator=torch.Generator().manual_seed(2), context=first)
+            kept = first.references()
+        flops_short = count_flops(lambda: short(net=eager_dit))
+        flops_short_kept = count_flops(lambda: short(kept, net=eager_dit)) if kept is not None else None
         compile_s = 0.0
         if backend != "eager":  # the first calls build the compiled graphs: timed apart, never in the medians
             t0 = time.perf_counter()
             sampling(True)
             sampling(False)
+            short()
+            if kept is not None:
+                short(kept)
             synchronize()
             compile_s = time.perf_counter() - t0
         z = rand(1, c, fh + ft, h, w)
@@ -145,7 +167,7 @@ def run(args: argparse.Namespace) -> dict:
             chunk([])
             vae.decode(z)
         chunk_times, first_times, step_times, decode_times, encode_times, distilled_times = [], [], [], [], [], []
-        sample_times, uncached_times = [], []
+        sample_times, uncached_times, short_times, short_kept_times = [], [], [], []
         for _ in range(args.repeat):
             steps_now: list[float] = []
             total, first = chunk(steps_now)
@@ -157,6 +179,9 @@ def run(args: argparse.Namespace) -> dict:
             decode_times.append(timed(lambda: vae.decode(z)))
             encode_times.append(timed(lambda: vae.encode_control(scene, mask)))
             distilled_times.append(timed(lambda: distilled.encode_control(scene, mask)))
+            short_times.append(timed(short))
+            if kept is not None:
+                short_kept_times.append(timed(lambda: short(kept)))
 
     chunk_ms = statistics.median(chunk_times)
     peak = matmul_peak_gflops(args.peak_size, device=str(device), dtype=dtype)
@@ -189,6 +214,10 @@ def run(args: argparse.Namespace) -> dict:
         "control_encode_distilled_ms": round(statistics.median(distilled_times), 2),  # ControlEncoder, same clip
         "control_gflops": round(flops_control / 1e9, 3),
         "control_gflops_distilled": round(flops_control_distilled / 1e9, 3),
+        "short_sample_ms": round(statistics.median(short_times), 2),
+        "short_sample_refs_kept_ms": round(statistics.median(short_kept_times), 2) if short_kept_times else None,
+        "short_gflops": round(flops_short / 1e9, 3),
+        "short_gflops_refs_kept": None if flops_short_kept is None else round(flops_short_kept / 1e9, 3),
         "chunk_frames": cfg.chunk_frames,
         "chunk_ms": round(chunk_ms, 2),
         "fps": round(cfg.chunk_frames / (chunk_ms / 1e3), 2),

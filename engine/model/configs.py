@@ -241,9 +241,10 @@ def _jsonable(v):
 
 PRESETS: dict[str, dict] = {
     # Real time on 2 CPU cores: 8 new 128x128 RGB-D frames per chunk from 2 sampler steps over
-    # (3 refs + 1 history + 2 target) x 64 tokens, the context's keys/values cached across steps; sizes chosen
-    # from `spatia bench model` measurements, steps from `spatia eval` (2 steps scored best of 2, 3, 4 and 8).
-    "tiny": dict(attention_layout="context", sample_steps=2),
+    # (3 refs + 1 history + 2 target) x 64 tokens, the context's keys/values cached across steps and the
+    # references' across chunks that keep them ("layered"); sizes chosen from `spatia bench model` measurements,
+    # steps from `spatia eval` (2 steps scored best of 2, 3, 4 and 8).
+    "tiny": dict(attention_layout="layered", sample_steps=2),
     # GPU-sized: 256x256 RGB-D, 8x VAE (32x32x16 latents, 256 tokens per latent frame).
     "small": dict(
         height=256,

@@ -38,4 +38,7 @@ def test_report_fields_and_consistency():
     assert 0 < out["first_frame_ms"] <= out["chunk_ms"]
     assert out["gflops_per_step"] > 5.0  # ~7 GFLOP: 9 blocks over 384 tokens plus attention
     assert out["machine"]["torch_threads"] >= 1
-    assert out["attention_layout"] == "context" and out["sample_ms"] > 0 and out["sample_ms_uncached"] > 0
+    assert out["attention_layout"] == "layered" and out["sample_ms"] > 0 and out["sample_ms_uncached"] > 0
+    # the short chunk with the references' keys/values kept computes 2 of its 5 frames' tokens
+    assert out["short_sample_ms"] > 0 and out["short_sample_refs_kept_ms"] > 0
+    assert 0.3 < out["short_gflops_refs_kept"] / out["short_gflops"] < 0.5
