@@ -275,7 +275,7 @@ class WorldSession:
         self.segmenter = get_segmenter(self.options.segmentation) if self.options.segmentation else None
         self._ref_cache: dict[int, torch.Tensor] = {}
         # attention_layout "layered": the DiT's keys/values of recent reference sets (frame indices -> cache)
-        self._ref_contexts: OrderedDict[tuple[int, ...], ContextCache] = OrderedDict()
+        self._ref_contexts: OrderedDict[tuple, ContextCache] = OrderedDict()  # (scene video on, *frame indices)
         self._prepared: PreparedContext | None = None  # the next chunk's context, see prepare()
         # options.decode_continuous: (last frame index, the decoder's state after it) of the last chunk
         self._decode_carry: tuple[int, DecodeCache] | None = None
@@ -512,20 +512,21 @@ class WorldSession:
             return None
         return carry[1].fork()
 
-    def _reference_context(self, ref_ids: list[tuple[int, float]]) -> tuple[tuple[int, ...], ContextCache | None]:
+    def _reference_context(self, ref_ids: list[tuple[int, float]]) -> tuple[tuple, ContextCache | None]:
         """attention_layout "layered" without guidance: the key of these references' keys/values and, when an
         earlier chunk computed them, a cache holding them (a fork: the chunk extends it with its history).
         (None, None) for other models, or without references."""
         if self.cfg.attention_layout != "layered" or self.cfg.cfg_scale != 1.0 or not ref_ids:
             return (), None
-        key = tuple(i for i, _ in ref_ids)
+        # the control branch's blocks hold the references' keys/values only when it ran (the scene video is on)
+        key = (self.options.use_scene_video, *(i for i, _ in ref_ids))
         known = self._ref_contexts.get(key)
         if known is None:
             return key, None
         self._ref_contexts.move_to_end(key)
         return key, known.fork()
 
-    def _remember_references(self, key: tuple[int, ...], cache: ContextCache) -> None:
+    def _remember_references(self, key: tuple, cache: ContextCache) -> None:
         """Keep the references' part of a filled cache for later chunks with the same references."""
         if key and cache.filled and key not in self._ref_contexts:
             self._ref_contexts[key] = cache.references()
@@ -559,7 +560,7 @@ class WorldSession:
     @property
     def prepared(self) -> bool:
         """Is the next chunk's context prepared (for the current history, memory and clip)?"""
-        return self._prepared is not None and self._prepared.key == self.context_key
+        return self._prepared is not None and self._prepared.key == self.context_key and self.can_prepare
 
     def prepare(self, w2c: np.ndarray | None = None, intrinsics: np.ndarray | None = None,
                 previous_refs: bool = False, should_stop: Callable[[], bool] | None = None) -> float | None:
@@ -642,7 +643,7 @@ class WorldSession:
         # poses came, history and its keys/values computed while waiting), else all of it now
         point_size = self.point_size
         prepared = self._prepared if self.prepared else None
-        ref_key: tuple[int, ...] = ()
+        ref_key: tuple = ()
         if prepared is not None:
             timings["retrieval"] = 0.0
             timings["prepared_ms"] = prepared.ms  # spent before the chunk, outside its total

@@ -291,7 +291,7 @@ def test_layered_model_reuses_the_references_keys_and_values_across_chunks():
 
     kept, plain = session_after_two_chunks(True), session_after_two_chunks(False)
     refs = tuple(i for i, _ in kept._last_ref_ids)
-    assert len(refs) >= 1 and refs in kept._ref_contexts
+    assert len(refs) >= 1 and (True, *refs) in kept._ref_contexts
     tc = model.cfg.temporal_compression
     poses = np.stack([turn(np.eye(4), 20 + i) for i in range(tc)])
     embedded.clear()
@@ -305,11 +305,17 @@ def test_layered_model_reuses_the_references_keys_and_values_across_chunks():
     # preparing a context keeps its references' keys/values, and a later preparation with them computes the history
     assert kept.prepare(None, None) > 0
     prepared_refs = tuple(i for i, _ in kept._prepared.cond.ref_ids)
-    assert prepared_refs in kept._ref_contexts
+    assert (True, *prepared_refs) in kept._ref_contexts
     kept._prepared = None
     embedded.clear()
     assert kept.prepare(None, None) > 0 and embedded == [1]
     assert len(kept._ref_contexts) <= 4
+    # without the scene video the control branch does not run: its references' keys/values are kept apart
+    kept.options.use_scene_video = False
+    off = kept.generate_chunk(poses, INTR, latent_frames=1, previous_refs=True)
+    assert (False, *(i for i, _ in off.references)) in kept._ref_contexts
+    kept.options.use_scene_video = True
+    kept.generate_chunk(poses, INTR, latent_frames=1, previous_refs=True)
     model.dit._embed = embed
 
 

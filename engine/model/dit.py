@@ -262,8 +262,8 @@ class ContextCache:
             raise ValueError("references() needs a filled ContextCache")
         n = self.refs * self.tokens_per_frame
 
-        def cut(slots: list[dict]) -> list[dict]:
-            return [{"k": dense(s["k"][:, :n]), "v": dense(s["v"][:, :n])} for s in slots]
+        def cut(slots: list[dict]) -> list[dict]:  # (control slots stay empty when the branch did not run)
+            return [{"k": dense(s["k"][:, :n]), "v": dense(s["v"][:, :n])} if s else {} for s in slots]
 
         return ContextCache(self.refs, 0, cut(self.main), cut(self.control), True, self.tokens_per_frame)
 
@@ -407,6 +407,8 @@ class SpatiaDiT(nn.Module):
         cached = cache is not None and (cache.filled or cache.references_only)
         if cached and refs is not None:
             raise ValueError("refs are in the ContextCache; pass refs=None with it")
+        if cached and control is not None and not (cache.control and cache.control[0]):
+            raise ValueError("this ContextCache was filled without control: pass control=None with it")
         if cached and cache.references_only and cfg.attention_layout != "layered":
             raise ValueError(f"a references-only ContextCache needs attention_layout 'layered'; model {cfg.name!r} "
                              f"is {cfg.attention_layout!r}")

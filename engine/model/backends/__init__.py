@@ -43,7 +43,8 @@ def apply_backend(dit: torch.nn.Module, cfg, name: str, cache_dir=None) -> tuple
 
         config = torch._dynamo.config
         limit_name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-        setattr(config, limit_name, max(getattr(config, limit_name), 4 * len(warm_up_shapes(cfg))))
+        # (layout "layered" adds two per shape: a chunk and a preparation from kept references' keys/values)
+        setattr(config, limit_name, max(getattr(config, limit_name), 6 * len(warm_up_shapes(cfg))))
         return torch.compile(dit, dynamic=False, fullgraph=False), name
     from engine.model.backends.tensorrt import compile_tensorrt
 
