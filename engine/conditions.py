@@ -146,8 +146,7 @@ def build_conditions(
 def prepare_context(model, memory: SpatialMemory, history, refs: Sequence, ref_ids: list[tuple[int, float]],
                     point_size: float | None, ref_latent_cache: dict[int, torch.Tensor], key: tuple,
                     reference_context: ContextCache | None = None,
-                    should_stop: Callable[[], bool] | None = None,
-                    decode: DecodeCache | None = None) -> PreparedContext | None:
+                    should_stop: Callable[[], bool] | None = None) -> PreparedContext | None:
     """Everything of the next chunk that its target poses do not change (needs attention_layout "context" or
     "layered").
 
@@ -155,8 +154,7 @@ def prepare_context(model, memory: SpatialMemory, history, refs: Sequence, ref_i
     frames, chosen before its poses are known; reference_context: their keys/values from an earlier chunk (layout
     "layered", a references-only ContextCache that this one extends), else they are computed here. should_stop()
     is polled after the encodes and after the history's control latents: True returns None (the latents computed
-    stay in ref_latent_cache). decode: the decoder's state after the history frame from the chunk that made it
-    (SessionOptions.decode_continuous), else the history latent is decoded to warm it up."""
+    stay in ref_latent_cache)."""
     cfg, vae, dit = model.cfg, model.vae, model.dit
     if cfg.attention_layout not in CACHED_LAYOUTS:
         raise ValueError(f"preparing a context needs attention_layout 'context' or 'layered'; model {cfg.name!r} "
@@ -170,11 +168,10 @@ def prepare_context(model, memory: SpatialMemory, history, refs: Sequence, ref_i
     if should_stop is not None and should_stop():
         return None
     cache = ContextCache() if reference_context is None else reference_context
+    decode = vae.new_decode_cache()
     with torch.no_grad():
         fill_context(dit, hist_latent, None if reference_context is not None else ref_latents, control, cache)
-        if decode is None:
-            decode = vae.new_decode_cache()
-            vae.decode_step(hist_latent, decode)
+        vae.decode_step(hist_latent, decode)
     cond = Conditions(hist_latent, ref_latents, control, out.rgb, out.depth, out.coverage, list(ref_ids))
     return PreparedContext(key, cond, state, cache, decode)
 

@@ -43,7 +43,6 @@ from engine.model.checkpoint import load_checkpoint
 from engine.model.configs import CACHED_LAYOUTS, ModelConfig
 from engine.model.dit import ContextCache
 from engine.model.sampler import SamplingCancelled, StepInfo, sample
-from engine.model.vae import DecodeCache
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 SESSION_FORMAT, SESSION_VERSION = "spatia-session", 1
@@ -155,10 +154,6 @@ class SessionOptions:
     depth_range: tuple[float, float] = (0.05, 40.0)  # depths trusted for memory updates (m)
     max_stored_frames: int = 2048  # retrieval candidates kept (oldest dropped beyond it)
     steps: int | None = None  # sampler steps (None: cfg.sample_steps)
-    # True: the VAE decoder's causal state carries on from the last chunk's decode (which ended on the history
-    # frame) instead of decoding the history latent again: one decoder pass less per chunk, the latent stream
-    # decoded as one video
-    decode_continuous: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -277,8 +272,6 @@ class WorldSession:
         # attention_layout "layered": the DiT's keys/values of recent reference sets (frame indices -> cache)
         self._ref_contexts: OrderedDict[tuple, ContextCache] = OrderedDict()  # (scene video on, *frame indices)
         self._prepared: PreparedContext | None = None  # the next chunk's context, see prepare()
-        # options.decode_continuous: (last frame index, the decoder's state after it) of the last chunk
-        self._decode_carry: tuple[int, DecodeCache] | None = None
         self._last_ref_ids: list[tuple[int, float]] = []  # the references of the last chunk: (frame index, score)
         self._undo: list[Callable[[], MemoryDelta]] = []
         self._generator = torch.Generator().manual_seed(self.options.seed)
@@ -323,7 +316,6 @@ class WorldSession:
         self._ref_cache.clear()
         self._ref_contexts.clear()
         self._prepared = None
-        self._decode_carry = None
         self._last_ref_ids = []
         self._undo.clear()
         if self.segmenter is not None:
@@ -504,14 +496,6 @@ class WorldSession:
         ref_ids = [(i, score) for i, score in ref_ids if i in by_index]
         return ref_ids, [by_index[i] for i, _ in ref_ids]
 
-    def _carried_decode(self) -> DecodeCache | None:
-        """options.decode_continuous: the decoder's state after the history frame, from the chunk that made it
-        (a fork), else None (the chunk decodes the history latent to warm the decoder up)."""
-        carry = self._decode_carry
-        if not self.options.decode_continuous or carry is None or carry[0] != self.last_frame.index:
-            return None
-        return carry[1].fork()
-
     def _reference_context(self, ref_ids: list[tuple[int, float]]) -> tuple[tuple, ContextCache | None]:
         """attention_layout "layered" without guidance: the key of these references' keys/values and, when an
         earlier chunk computed them, a cache holding them (a fork: the chunk extends it with its history).
@@ -589,7 +573,7 @@ class WorldSession:
             return None
         ref_key, context = self._reference_context(ref_ids)
         prepared = prepare_context(self.model, self.memory, history, refs, ref_ids, self.point_size,
-                                   self._ref_cache, key, context, should_stop, self._carried_decode())
+                                   self._ref_cache, key, context, should_stop)
         if prepared is None:
             return None
         self._prepared = prepared
@@ -689,21 +673,17 @@ class WorldSession:
         first_index = self.num_frames
         rgb_out, depth_out = [], []
         with torch.no_grad():
-            carried = self._carried_decode()
             if prepared is not None:
                 cache = prepared.decode.fork()
-            elif carried is not None:
-                cache = carried
             else:
                 cache = model.vae.new_decode_cache()
                 model.vae.decode_step(cond.history, cache)
-            produced = decoded = 0
+            produced = 0
             for i in range(latents.shape[2]):
                 if produced and produced < n_new and should_stop is not None and should_stop():
                     n_new = produced  # a newer path: the chunk ends with the frames already out
                     break
                 video = model.vae.decode_step(latents[:, :, i : i + 1], cache)[0]  # [C, n, H, W]
-                decoded += video.shape[1]
                 for j in range(video.shape[1]):
                     if produced >= n_new:
                         break
@@ -758,9 +738,6 @@ class WorldSession:
                                                targets[i]))
         self._drop_old_frames()
         self._last_ref_ids = list(cond.ref_ids)
-        # the decoder's state continues into the next chunk only if every decoded frame was kept (the last is the
-        # next history)
-        self._decode_carry = (first_index + n_new - 1, cache) if n_new == decoded else None
         self.num_frames += n_new
         self.clip += 1
         timings["total"] = (time.perf_counter() - t_start) * 1e3

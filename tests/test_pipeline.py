@@ -319,34 +319,8 @@ def test_layered_model_reuses_the_references_keys_and_values_across_chunks():
     model.dit._embed = embed
 
 
-def test_decode_continuous_carries_the_decoder_state_from_the_chunk_that_made_the_history(model):
-    session = WorldSession(model, SessionOptions(segmentation=None, voxel_size=0.05, decode_continuous=True))
-    rgb, depth, _ = room_rgbd()
-    session.open_rgbd(rgb, depth, np.eye(4), INTR)
-    decoded = []  # latent frames per decoder call
-    step = model.vae.decode_step
-    model.vae.decode_step = lambda z, cache, *a, **k: (decoded.append(z.shape[2]), step(z, cache, *a, **k))[1]
-    n, lat = session.chunk_frames, model.cfg.chunk_latent_frames
-    try:
-        session.generate_chunk(np.stack([turn(np.eye(4), i + 1) for i in range(n)]), INTR)
-        assert decoded == [1] * (1 + lat)  # the first chunk after opening warms the decoder up with the history
-        decoded.clear()
-        session.generate_chunk(np.stack([turn(np.eye(4), 10 + i) for i in range(n)]), INTR)
-        assert decoded == [1] * lat  # carried on from the chunk that made the history: no warm-up
-        decoded.clear()
-        session.generate_chunk(np.stack([turn(np.eye(4), 20 + i) for i in range(n - 1)]), INTR)  # one frame dropped
-        assert decoded == [1] * lat
-        decoded.clear()
-        session.generate_chunk(np.stack([turn(np.eye(4), 30 + i) for i in range(n)]), INTR)
-        assert decoded == [1] * (1 + lat)  # the decoder had run past the history frame: warmed up again
-        decoded.clear()
-        assert session.prepare(None, None) > 0 and decoded == []  # a preparation takes the carried state too
-    finally:
-        model.vae.decode_step = step
-
-
 def test_a_stop_after_the_first_frames_ends_the_chunk_with_the_frames_handed_out(model):
-    session = WorldSession(model, SessionOptions(segmentation=None, voxel_size=0.05, decode_continuous=True))
+    session = WorldSession(model, SessionOptions(segmentation=None, voxel_size=0.05))
     rgb, depth, _ = room_rgbd()
     session.open_rgbd(rgb, depth, np.eye(4), INTR)
     n, tc = session.chunk_frames, model.cfg.temporal_compression
@@ -357,6 +331,5 @@ def test_a_stop_after_the_first_frames_ends_the_chunk_with_the_frames_handed_out
     assert out == list(range(1, 1 + tc)) and len(result.rgb) == tc and len(result.w2c) == tc
     assert session.num_frames == 1 + tc and session.last_frame.index == tc
     np.testing.assert_array_equal(session.last_frame.camera.w2c, poses[tc - 1])
-    assert session._carried_decode() is not None  # every decoded frame was kept: the decoder carries on
     follow = session.generate_chunk(poses[tc:], INTR)
     assert follow.first_frame == 1 + tc and session.num_frames == 1 + n
