@@ -48,7 +48,9 @@ MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 SESSION_FORMAT, SESSION_VERSION = "spatia-session", 1
 CONTROL_ENCODERS = ("auto", "distilled", "vae")
 MIN_RETRIEVAL_POSES = 4  # target poses of a chunk that retrieval looks from, whatever the number of references
-REFERENCE_CONTEXTS_KEPT = 4  # reference sets whose keys/values a session keeps (attention_layout "layered")
+# reference sets whose keys/values a session keeps (attention_layout "layered"; ~3.5 MB each for tiny): the last
+# chunk's (a short chunk after a turn keeps them) and a preparation's
+REFERENCE_CONTEXTS_KEPT = 3
 
 
 class PipelineError(ValueError):
@@ -499,7 +501,7 @@ class WorldSession:
     def _reference_context(self, ref_ids: list[tuple[int, float]]) -> tuple[tuple, ContextCache | None]:
         """attention_layout "layered" without guidance: the key of these references' keys/values and, when an
         earlier chunk computed them, a cache holding them (a fork: the chunk extends it with its history).
-        (None, None) for other models, or without references."""
+        ((), None) for other models, or without references."""
         if self.cfg.attention_layout != "layered" or self.cfg.cfg_scale != 1.0 or not ref_ids:
             return (), None
         # the control branch's blocks hold the references' keys/values only when it ran (the scene video is on)
@@ -520,10 +522,10 @@ class WorldSession:
     @property
     def nbytes(self) -> int:
         """Bytes of the session's data in memory: the spatial memory (with its indexes), the stored frames and their
-        cached latents. (A prepared context adds a few MB while it is current.)"""
+        cached latents, the kept references' keys/values. (A prepared context adds a few MB while it is current.)"""
         frames = sum(f.rgb.nbytes + (0 if f.depth is None else f.depth.nbytes) for f in self.frames)
         latents = sum(t.numel() * t.element_size() for t in self._ref_cache.values())
-        return self.memory.nbytes + frames + latents
+        return self.memory.nbytes + frames + latents + sum(c.nbytes for c in self._ref_contexts.values())
 
     @property
     def point_size(self) -> float:

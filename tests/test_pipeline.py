@@ -309,7 +309,11 @@ def test_layered_model_reuses_the_references_keys_and_values_across_chunks():
     kept._prepared = None
     embedded.clear()
     assert kept.prepare(None, None) > 0 and embedded == [1]
-    assert len(kept._ref_contexts) <= 4
+    assert len(kept._ref_contexts) <= 3
+    before, saved = kept.nbytes, dict(kept._ref_contexts)  # the kept keys/values count in the session's bytes
+    kept._ref_contexts.clear()
+    assert before - kept.nbytes == sum(c.nbytes for c in saved.values()) > 0
+    kept._ref_contexts.update(saved)
     # without the scene video the control branch does not run: its references' keys/values are kept apart
     kept.options.use_scene_video = False
     off = kept.generate_chunk(poses, INTR, latent_frames=1, previous_refs=True)

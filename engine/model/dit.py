@@ -252,6 +252,10 @@ class ContextCache:
         return bool(self.main) and bool(self.main[0]) and not self.references_only
 
     @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for slot in (*self.main, *self.control) for t in slot.values())
+
+    @property
     def tokens(self) -> int:
         """Cached tokens (the prefix a forward with this cache skips)."""
         return (self.refs + self.history) * self.tokens_per_frame if self.main and self.main[0] else 0
@@ -407,7 +411,7 @@ class SpatiaDiT(nn.Module):
         cached = cache is not None and (cache.filled or cache.references_only)
         if cached and refs is not None:
             raise ValueError("refs are in the ContextCache; pass refs=None with it")
-        if cached and control is not None and not (cache.control and cache.control[0]):
+        if cached and control is not None and len(self.control_blocks) and not (cache.control and cache.control[0]):
             raise ValueError("this ContextCache was filled without control: pass control=None with it")
         if cached and cache.references_only and cfg.attention_layout != "layered":
             raise ValueError(f"a references-only ContextCache needs attention_layout 'layered'; model {cfg.name!r} "
