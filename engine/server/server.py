@@ -443,15 +443,15 @@ class GenerationServer:
         next input starts has less to do. Only spare time goes into it: a moving camera's chunks follow each other
         at once and build their context in one go (less work in all), and an input that comes while a preparation
         runs stops it at its next stage. False when every session is prepared."""
-        for slot in self.slots.values():
+        def stop() -> bool:  # an input that comes meanwhile must not wait for the preparation to finish
+            self.pump(0)
+            return self._next_slot() is not None
+
+        for slot in list(self.slots.values()):  # (stop() handles messages: a new client may join meanwhile)
             session = slot.session
             if (session is None or not session.can_prepare or session.prepared
                     or slot.unpreparable == session.context_key):
                 continue
-            def stop() -> bool:  # an input that comes meanwhile must not wait for the preparation to finish
-                self.pump(0)
-                return self._next_slot() is not None
-
             try:
                 if session.prepare(previous_refs=self.short_chunk_previous_refs, should_stop=stop) is None:
                     return True  # stopped for an input (the next loop generates it)
