@@ -77,7 +77,11 @@ def clean_mask(mask: np.ndarray, cfg: ResidualConfig) -> np.ndarray:
     # pad by replication so objects touching the border are not eaten by the erosions
     m = np.pad(mask, pad, mode="edge")
     if cfg.open_radius > 0:
-        m = ndimage.binary_opening(m, structure=_disk(cfg.open_radius))
+        disk = _disk(cfg.open_radius)
+        m = ndimage.binary_erosion(m, structure=disk)  # the opening's first half ...
+        if not m.any():  # ... leaves nothing (the usual case: specks of disagreement): so would the rest
+            return np.zeros((H, W), bool)
+        m = ndimage.binary_dilation(m, structure=disk)
     if cfg.close_radius > 0:
         m = ndimage.binary_closing(m, structure=_disk(cfg.close_radius))
     m = m[pad : pad + H, pad : pad + W]

@@ -100,6 +100,32 @@ def test_cleaning_removes_speckle_and_fills_holes():
     assert clean_mask(edge, cfg)[:, :6].all()
 
 
+def test_cleaning_equals_opening_closing_and_area_filter_also_when_the_erosion_empties_the_mask():
+    from scipy import ndimage
+
+    from engine.segment.residual import _disk
+
+    cfg = ResidualConfig(open_radius=1, close_radius=2, min_area_fraction=0.002)
+    rng = np.random.default_rng(0)
+
+    def definition(mask):
+        pad = 2
+        m = np.pad(mask, pad, mode="edge")
+        m = ndimage.binary_closing(ndimage.binary_opening(m, structure=_disk(1)), structure=_disk(2))[pad:-pad, pad:-pad]
+        labels, n = ndimage.label(m)
+        keep = np.bincount(labels.ravel(), minlength=n + 1) >= cfg.min_area_fraction * mask.size
+        keep[0] = False
+        return keep[labels]
+
+    empty_after_erosion = 0
+    for p in (0.002, 0.01, 0.05, 0.3, 0.6):
+        for _ in range(8):
+            m = rng.random((48, 48)) < p
+            empty_after_erosion += not ndimage.binary_erosion(np.pad(m, 2, mode="edge"), structure=_disk(1)).any()
+            np.testing.assert_array_equal(clean_mask(m, cfg), definition(m))
+    assert empty_after_erosion >= 8  # the speckled masks took the short way, and still agree
+
+
 def test_needs_the_render_and_checks_shapes(room_with_and_without_box):
     gen, mem, _ = room_with_and_without_box
     seg = get_segmenter("residual")
