@@ -199,3 +199,16 @@ def test_bad_inputs_are_named():
         vae.encode(_video(cfg, 6))
     with pytest.raises(ValueError, match="latents must be"):
         vae.decode(torch.randn(1, cfg.latent_channels + 1, 2, 4, 4))
+
+
+def test_causal_conv_first_frame_alone_uses_the_last_tap_and_leaves_the_zero_padded_state():
+    torch.manual_seed(0)
+    conv = CausalConv3d(5, 7, 3)
+    x0, x1 = torch.randn(2, 5, 1, 6, 6), torch.randn(2, 5, 3, 6, 6)
+    padded = F.conv3d(F.pad(torch.cat([x0, x1], 2), (1, 1, 1, 1, 2, 0)), conv.weight, conv.bias)  # zeros before
+    state: dict = {}
+    first = conv(x0, state)  # the shortcut: one temporal tap
+    torch.testing.assert_close(first, padded[:, :, :1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(state[conv], torch.cat([torch.zeros_like(x0), x0], 2).transpose(1, 2))
+    torch.testing.assert_close(conv(x1, state), padded[:, :, 1:], atol=1e-5, rtol=1e-5)  # streaming on from it
+    torch.testing.assert_close(conv(x0), padded[:, :, :1], atol=1e-5, rtol=1e-5)  # without a state too
