@@ -96,6 +96,11 @@ def _euler_step(x: torch.Tensor, v: torch.Tensor, sigma: float, sigma_next: floa
     return x + (sigma_next - sigma) * v
 
 
+def _like(a: torch.Tensor | None, param: torch.Tensor) -> torch.Tensor | None:
+    """A condition on the DiT's device and dtype, in the dense layout a compiled DiT expects (see `dense`)."""
+    return None if a is None else dense(a.to(device=param.device, dtype=param.dtype))
+
+
 @torch.no_grad()
 def fill_context(dit: torch.nn.Module, history: torch.Tensor, refs: torch.Tensor | None, control: torch.Tensor | None,
                  cache: ContextCache) -> None:
@@ -104,10 +109,9 @@ def fill_context(dit: torch.nn.Module, history: torch.Tensor, refs: torch.Tensor
     references it keeps), control [B, 2z, Fh, h, w] (the history's) or None. `sample(..., context=cache)` then runs
     the target tokens alone."""
     param = next(dit.parameters())
-    cast = lambda a: None if a is None else dense(a.to(device=param.device, dtype=param.dtype))  # noqa: E731
     fh = history.shape[2]
-    dit(cast(history), torch.zeros(history.shape[0], fh, device=param.device), refs=cast(refs), control=cast(control),
-        cache=cache, history_frames=fh)
+    dit(_like(history, param), torch.zeros(history.shape[0], fh, device=param.device), refs=_like(refs, param),
+        control=_like(control, param), cache=cache, history_frames=fh)
 
 
 @torch.no_grad()
@@ -170,8 +174,7 @@ def sample(
     elif tuple(noise.shape) != shape:
         raise ValueError(f"noise must be {list(shape)}; got {list(noise.shape)}")
 
-    cast = lambda a: None if a is None else dense(a.to(device=device, dtype=dtype))  # noqa: E731  (see `dense`)
-    history, refs, control, text, text_uncond = map(cast, (history, refs, control, text, text_uncond))
+    history, refs, control, text, text_uncond = (_like(a, param) for a in (history, refs, control, text, text_uncond))
     x = noise.to(device=device, dtype=torch.float32)  # integrate in float32 whatever the model dtype
     drop_text, drop_refs = "text" in cfg_drop, "refs" in cfg_drop
 

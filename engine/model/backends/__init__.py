@@ -93,10 +93,10 @@ def warm_up(dit: torch.nn.Module, cfg, steps: int | None = None, seed: int = 0) 
                 sample(dit, cfg, control=control[:, :, fh:], context=context, target_frames=f, steps=steps,
                        generator=g)
             if cached and k and cfg.attention_layout == "layered":  # a later chunk with the same references
-                sample(dit, cfg, history=history, control=control, context=first.references().fork(),
-                       target_frames=f, steps=steps, generator=g)
-                context = first.references().fork()
-                fill_context(dit, history, None, control[:, :, :fh], context)
+                kept = first.references()
+                sample(dit, cfg, history=history, control=control, context=kept.fork(), target_frames=f,
+                       steps=steps, generator=g)
+                fill_context(dit, history, None, control[:, :, :fh], kept.fork())
     if param.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0
